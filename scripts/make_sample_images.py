@@ -1,0 +1,106 @@
+"""Generate sample_images/: synthetic fundus-like and radiograph-like images from two sites.
+
+Site A is bright, sharp and clean; site B is darker, flatter, blurred and noisy, as if from
+another scanner. Everything is drawn from fixed seeds, so rerunning this script reproduces
+the committed files. Run: python scripts/make_sample_images.py [OUTDIR]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+SIZE = 256
+SITES = {
+    # name: (gain, offset, gamma, blur sigma, noise std) in normalized units
+    "site_a": (1.00, 0.00, 1.00, 0.0, 0.006),
+    "site_b": (0.70, 0.06, 1.25, 1.6, 0.030),
+}
+
+
+def fundus(rng: np.random.Generator) -> np.ndarray:
+    """An RGB retina-like image: orange disc, bright optic disc, dark branching vessels."""
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    r = np.hypot(xx - 0.5, yy - 0.5)
+    disc = np.clip((0.47 - r) / 0.02, 0, 1)
+    shading = 1.0 - 0.8 * r**2
+    od_x, od_y = rng.uniform(0.62, 0.7), rng.uniform(0.42, 0.55)
+    optic = np.exp(-(((xx - od_x) ** 2 + (yy - od_y) ** 2) / 0.004))
+    vessels = np.zeros((SIZE, SIZE))
+    for _ in range(7):
+        angle = rng.uniform(0, 2 * np.pi)
+        curve = rng.uniform(-2.0, 2.0)
+        t = np.linspace(0, 0.5, 600)
+        px = od_x + t * np.cos(angle + curve * t)
+        py = od_y + t * np.sin(angle + curve * t)
+        ix = np.clip((px * SIZE).astype(int), 0, SIZE - 1)
+        iy = np.clip((py * SIZE).astype(int), 0, SIZE - 1)
+        vessels[iy, ix] = 1.0
+    vessels = ndimage.gaussian_filter(vessels, 1.2)
+    vessels /= vessels.max()
+    texture = ndimage.gaussian_filter(rng.standard_normal((SIZE, SIZE)), 3) * 0.05
+    base = (shading + texture) * disc
+    red = 0.85 * base + 0.15 * optic - 0.25 * vessels * disc
+    green = 0.42 * base + 0.45 * optic - 0.30 * vessels * disc
+    blue = 0.12 * base + 0.35 * optic - 0.08 * vessels * disc
+    return np.clip(np.stack([red, green, blue], axis=-1), 0, 1)
+
+
+def radiograph(rng: np.random.Generator) -> np.ndarray:
+    """A grayscale chest-radiograph-like image: dark lungs, bright spine, ribs, soft tissue."""
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    body = np.clip((0.48 - np.abs(xx - 0.5)) / 0.05, 0, 1)
+    img = 0.55 * body
+    for cx in (0.32, 0.68):
+        lung = ((xx - cx) / 0.16) ** 2 + ((yy - 0.48) / 0.33) ** 2 < 1
+        img -= 0.32 * ndimage.gaussian_filter(lung.astype(float), 4)
+    img += 0.35 * np.exp(-(((xx - 0.5) / 0.035) ** 2))
+    for k in range(9):
+        rib = np.abs(yy - 0.2 - 0.07 * k - 0.05 * (xx - 0.5) ** 2 * 8) < 0.008
+        img += 0.10 * ndimage.gaussian_filter(rib.astype(float), 1.5) * body
+    img += 0.3 * np.exp(-(((xx - 0.55) ** 2 + (yy - 0.75) ** 2) / 0.01))
+    img += ndimage.gaussian_filter(rng.standard_normal((SIZE, SIZE)), 2) * 0.02
+    return np.clip(img + 0.08, 0, 1)
+
+
+def acquire(image: np.ndarray, site: str, rng: np.random.Generator) -> np.ndarray:
+    gain, offset, gamma, blur, noise = SITES[site]
+    out = np.clip(image, 0, 1) ** gamma * gain + offset
+    if blur:
+        sigma = (blur, blur, 0) if out.ndim == 3 else blur
+        out = ndimage.gaussian_filter(out, sigma)
+    out = out + rng.normal(0, noise, out.shape)
+    return np.clip(out, 0, 1)
+
+
+def save(arr: np.ndarray, path: Path, bits: int = 8) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    top = 2**bits - 1
+    stored = np.rint(arr * top).astype(np.uint16 if bits == 16 else np.uint8)
+    if path.suffix == ".jpg":
+        Image.fromarray(stored).save(path, quality=90)
+    else:
+        Image.fromarray(stored).save(path, optimize=True)
+
+
+def main(outdir: Path) -> None:
+    for s, site in enumerate(SITES):
+        for i in range(2):
+            rng = np.random.default_rng(1000 * s + i)
+            letter = site[-1]
+            save(acquire(fundus(rng), site, rng), outdir / "fundus" / site / f"fundus_{letter}{i}.png")
+            chest = acquire(radiograph(rng), site, rng)
+            save(chest, outdir / "radiograph" / site / f"chest_{letter}{i}.png")
+        rng = np.random.default_rng(1000 * s + 7)
+        save(acquire(fundus(rng), site, rng), outdir / "fundus" / site / f"fundus_{letter}2.jpg")
+        save(acquire(radiograph(rng), site, rng), outdir / "radiograph" / site / f"chest_{letter}2.jpg")
+        rng = np.random.default_rng(1000 * s + 9)
+        save(acquire(radiograph(rng), site, rng), outdir / "radiograph" / site / f"chest_{letter}3_16bit.png", bits=16)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "sample_images")

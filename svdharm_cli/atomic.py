@@ -1,0 +1,47 @@
+"""Outputs appear whole or not at all.
+
+Every file svdharm creates is first written to a hidden temporary name in the destination
+folder and then renamed into place (atomic on POSIX filesystems), so no reader ever sees a
+half-written file at the final name, and a failure leaves no temporary behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+TEMP_MARKER = ".svdharm-tmp"
+
+
+def temp_name(final: Path) -> Path:
+    """A hidden, unique sibling of ``final`` (hidden files are skipped when walking inputs)."""
+    return final.with_name(f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_MARKER}")
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path, *, replace: bool = True) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it becomes ``final``.
+
+    With ``replace=False`` an existing ``final`` is never overwritten: :class:`FileExistsError`
+    is raised instead (used for run logs, which must never destroy an earlier run's).
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(final)
+    try:
+        yield tmp
+        if replace:
+            os.replace(tmp, final)
+        else:
+            os.link(tmp, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_text(final: Path, text: str, *, replace: bool = True) -> None:
+    """Write ``text`` (UTF-8) atomically to ``final``."""
+    with atomic_path(final, replace=replace) as tmp:
+        tmp.write_text(text, encoding="utf-8")

@@ -1,0 +1,197 @@
+"""Decomposition of one image channel into a base and frequency bands (METHOD.md section 2).
+
+For a channel ``X`` (h x w) with ``r = min(h, w)`` and increasing fractions ``f``, the ranks
+are ``k_i = max(1, min(r, floor(f_i * r + 0.5)))`` and the components, coarse to fine, are::
+
+    c0 = I(k1)              base
+    c_i = I(k_{i+1}) - I(k_i) bands
+    c_n = X - I(k_n)        finest band
+
+where ``I(k)`` is the rank-k reconstruction. ``I(k)`` equals the projection ``X V_k V_k^T``
+onto the top-k right singular vectors, so only those vectors are computed: from an
+eigen-decomposition of the smaller Gram matrix (``X^T X`` or ``X X^T``), which is several
+times cheaper than a full SVD. The components are kept implicitly as ``P = X V`` and ``V``;
+statistics and weighted sums of components need no component to be materialized:
+
+- ``mean(c_i) = sum_j colsum(P)_j * colsum(V)_j / (h w)`` over the columns j of band i;
+- ``||c_i||^2 = sum_j ||P_j||^2`` (V has orthonormal columns); the finest band is formed
+  explicitly, in row blocks, for its statistics;
+- ``sum_i a_i c_i = a_n X + (P diag(a_band(j) - a_n)) V^T``: one matrix product.
+
+Everything runs in float64. Single precision was tried and rejected: singular values at a
+cut are often nearly equal, float32 mixes the vectors on both sides, and harmonization then
+stretches the error (up to 7 8-bit levels on 1024 x 1024 test images, against a bound of 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+import numpy as np
+import scipy.linalg
+
+DEFAULT_FRACTIONS: tuple[float, ...] = (0.07, 0.20, 0.50)
+"""The paper's 7 %, 20 % and 50 % cuts (with 100 % the four components)."""
+
+_ROW_BLOCK = 512
+
+
+def validate_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
+    """Return ``fractions`` as a tuple after checking they are increasing and in (0, 1).
+
+    Raises
+    ------
+    ValueError
+        With a message naming the offending value.
+    """
+    values = tuple(float(f) for f in fractions)
+    if not values:
+        raise ValueError("at least one fraction is needed")
+    for f in values:
+        if not (0.0 < f < 1.0) or math.isnan(f):
+            raise ValueError(f"fraction {f!r} is not strictly between 0 and 1")
+    for a, b in zip(values, values[1:]):
+        if not a < b:
+            raise ValueError(f"fractions must increase strictly: {a!r} is followed by {b!r}")
+    return values
+
+
+def band_ranks(r: int, fractions: Sequence[float]) -> tuple[int, ...]:
+    """Ranks ``k_i = max(1, min(r, floor(f_i * r + 0.5)))`` for ``r`` singular values."""
+    if r < 1:
+        raise ValueError("an image needs at least one row and one column")
+    return tuple(max(1, min(r, math.floor(f * r + 0.5))) for f in fractions)
+
+
+@dataclass(frozen=True)
+class Bands:
+    """The components of one channel, held implicitly.
+
+    Attributes
+    ----------
+    x
+        The channel, float64, in working orientation (transposed when h < w, so that the
+        Gram matrix is the smaller one).
+    p, v
+        ``P = X V`` (h x k_n) and the top ``k_n`` right singular vectors ``V`` (w x k_n),
+        columns ordered by decreasing singular value, float64.
+    ranks
+        ``(k_1, ..., k_n)``.
+    transposed
+        Whether ``x`` is the transpose of the channel given to :func:`decompose`.
+    """
+
+    x: np.ndarray
+    p: np.ndarray
+    v: np.ndarray
+    ranks: tuple[int, ...]
+    transposed: bool
+
+    @property
+    def n_components(self) -> int:
+        return len(self.ranks) + 1
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        h, w = self.x.shape
+        return (w, h) if self.transposed else (h, w)
+
+    def _column_slices(self) -> list[slice]:
+        edges = (0, *self.ranks)
+        return [slice(a, b) for a, b in zip(edges, edges[1:])]
+
+    @cached_property
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and population standard deviation (ddof 0) of every component.
+
+        Returns
+        -------
+        means, stds
+            float64 arrays of length ``n_components``, coarse to fine.
+        """
+        size = self.x.size
+        col_p = self.p.sum(axis=0, dtype=np.float64)
+        col_v = self.v.sum(axis=0, dtype=np.float64)
+        energy_p = np.einsum("ij,ij->j", self.p, self.p, dtype=np.float64)
+        means, energies = [], []
+        for cols in self._column_slices():
+            means.append(float(col_p[cols] @ col_v[cols]) / size)
+            energies.append(float(energy_p[cols].sum()))
+        # The finest band X - P V^T is formed explicitly (in row blocks, to bound memory):
+        # taking its energy as ||X||^2 minus the others would cancel catastrophically.
+        res_sum = res_sq = 0.0
+        vt = self.v.T
+        for start in range(0, self.x.shape[0], _ROW_BLOCK):
+            rows = slice(start, start + _ROW_BLOCK)
+            res = self.x[rows] - self.p[rows] @ vt
+            res_sum += float(res.sum())
+            res_sq += float(np.einsum("ij,ij->", res, res))
+        means.append(res_sum / size)
+        energies.append(res_sq)
+        m = np.asarray(means)
+        var = np.maximum(np.asarray(energies) / size - m * m, 0.0)
+        return m, np.sqrt(var)
+
+    def combine(self, scales: Sequence[float], offset: float = 0.0) -> np.ndarray:
+        """Return ``sum_i scales[i] * c_i + offset`` as float64, in the channel's orientation."""
+        a = np.asarray(scales, dtype=np.float64)
+        if a.shape != (self.n_components,):
+            raise ValueError(f"need {self.n_components} scales, got {a.shape}")
+        last = a[-1]
+        column_scale = np.empty(self.p.shape[1], dtype=np.float64)
+        for cols, scale in zip(self._column_slices(), a[:-1]):
+            column_scale[cols] = scale - last
+        out = (self.p * column_scale) @ self.v.T
+        out += last * self.x
+        out += offset
+        return out.T if self.transposed else out
+
+    def component(self, index: int) -> np.ndarray:
+        """Materialize component ``index`` (0 = base) as float64."""
+        scales = np.zeros(self.n_components)
+        scales[index] = 1.0
+        return self.combine(scales)
+
+    def components(self) -> np.ndarray:
+        """All components stacked, shape ``(n_components, h, w)``, float64."""
+        return np.stack([self.component(i) for i in range(self.n_components)])
+
+
+def decompose(
+    channel: np.ndarray,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+) -> Bands:
+    """Split one channel into a base and bands (METHOD.md section 2).
+
+    Parameters
+    ----------
+    channel
+        2-D array of any real dtype, in normalized units (METHOD.md section 1); it is
+        converted to float64 and never modified.
+    fractions
+        Increasing fractions in (0, 1); n fractions give n + 1 components.
+
+    Returns
+    -------
+    Bands
+        The components held implicitly; see the module docstring.
+    """
+    fr = validate_fractions(fractions)
+    x = np.asarray(channel, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"a channel must be 2-D, got shape {x.shape}")
+    transposed = x.shape[1] > x.shape[0]
+    if transposed:
+        x = x.T
+    w = x.shape[1]
+    ranks = band_ranks(w, fr)
+    k = ranks[-1]
+    gram = x.T @ x
+    # eigh returns eigenvalues in ascending order: the last k columns, reversed, are V_k.
+    _, vecs = scipy.linalg.eigh(gram, driver="evd", overwrite_a=True, check_finite=False)
+    v = np.ascontiguousarray(vecs[:, w - k :][:, ::-1])
+    p = x @ v
+    return Bands(x=x, p=p, v=v, ranks=ranks, transposed=transposed)
+

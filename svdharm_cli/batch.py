@@ -1,0 +1,273 @@
+"""Find inputs, plan outputs, process files in worker processes, collect per-file outcomes.
+
+The worker is the top-level function :func:`process_file`: a relative path and a frozen
+:class:`JobConfig` in, a frozen :class:`FileResult` out. It never raises for a bad file; the
+outcome (``ok`` / ``skipped`` / ``failed`` with a message naming the file) is a value that
+goes straight into the run log.
+
+Parallelism: ``workers`` processes (spawned, so no lock inherited from the parent's threads),
+each told how many BLAS threads to use for each file it gets: one while every worker is busy
+(two processes each letting BLAS use every core oversubscribe the machine badly), and the
+spare cores' share once fewer files than workers remain.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from svdharm_cli.atomic import atomic_path
+from svdharm_cli.errors import ImageError, SkipImage, UsageError
+from svdharm_cli.formats import DEFAULT_MAX_PIXELS, WriteOptions, handler_for, read_image, write_image
+from svdharm_cli.methods import (
+    DEFAULT_HIGH,
+    DEFAULT_LOW,
+    Method,
+    decompose_channels,
+    draw_coefficients,
+    output_seed,
+    transform,
+)
+from svdharm_cli.reference import Reference
+
+OK, SKIPPED, FAILED = "ok", "skipped", "failed"
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything a worker needs; pickled once per worker process."""
+
+    method: Method
+    fractions: tuple[float, ...]
+    in_root: Path
+    out_root: Path
+    reference: Reference | None = None
+    copies: int = 1
+    low: float = DEFAULT_LOW
+    high: float = DEFAULT_HIGH
+    per_channel: bool = False
+    seed: int | None = None
+    write: WriteOptions = field(default_factory=WriteOptions)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    """One written file: its path relative to OUT, and what made it."""
+
+    path: str
+    seed: int | None = None
+    coefficients: list[list[float | None]] | None = None
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """The outcome for one input."""
+
+    path: str
+    status: str
+    reason: str | None = None
+    outputs: tuple[OutputRecord, ...] = ()
+    seconds: float = 0.0
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (respects affinity masks and container limits)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def check_roots(inp: Path, out: Path) -> None:
+    """Refuse runs that could overwrite inputs: OUT equal to IN, or IN inside OUT."""
+    if not inp.exists():
+        raise UsageError(f"input {inp} does not exist")
+    rin, rout = inp.resolve(), out.resolve()
+    if rin == rout:
+        raise UsageError(f"output {out} is the input itself; choose another folder")
+    if rout in rin.parents:
+        raise UsageError(f"input {inp} lies inside output {out}; outputs could overwrite inputs")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output {out} exists and is not a folder")
+
+
+def discover(
+    inp: Path,
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    skip_dirs: Sequence[Path] = (),
+) -> tuple[Path, list[str]]:
+    """The input root and the sorted relative paths (POSIX form) of the images under it.
+
+    A file given directly is taken as it is. In a folder, hidden files and folders are
+    skipped, symbolic links to folders are not followed (so link loops cannot hang a run),
+    files no format recognizes (by extension or first bytes) are ignored, and globs are
+    matched against the relative path (``*`` also matches ``/``): a file is taken when it
+    matches some ``include`` (or none are given) and no ``exclude``.
+    """
+    if inp.is_file():
+        return inp.parent, [inp.name]
+    skip = {p.resolve() for p in skip_dirs}
+    found = []
+    for dirpath, dirnames, filenames in os.walk(inp):
+        here = Path(dirpath)
+        dirnames[:] = sorted(
+            d for d in dirnames if not d.startswith(".") and (here / d).resolve() not in skip
+        )
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            rel = (here / name).relative_to(inp).as_posix()
+            if include and not any(fnmatch.fnmatch(rel, g) for g in include):
+                continue
+            if any(fnmatch.fnmatch(rel, g) for g in exclude):
+                continue
+            if handler_for(here / name) is not None:
+                found.append(rel)
+    return inp, sorted(found)
+
+
+def output_paths(rel: str, config: JobConfig) -> list[str]:
+    """Relative output paths for one input: the same path, or ``<stem>_aug<j><suffix>``."""
+    if config.method is Method.HARMONIZE:
+        return [rel]
+    p = Path(rel)
+    return [(p.parent / f"{p.stem}_aug{j}{p.suffix}").as_posix() for j in range(config.copies)]
+
+
+def process_file(rel: str, config: JobConfig) -> FileResult:
+    """Read, transform and write one input; every expected problem becomes a FileResult."""
+    start = time.perf_counter()
+    src = config.in_root / rel
+
+    def result(status: str, reason: str | None, outputs: Sequence[OutputRecord] = ()) -> FileResult:
+        return FileResult(rel, status, reason, tuple(outputs), time.perf_counter() - start)
+
+    try:
+        image = read_image(src, config.max_pixels)
+        ref = config.reference
+        if ref is not None and ref.channels != image.channel_count:
+            raise ImageError(
+                f"{src}: has {image.channel_count} colour channel(s) but the reference has "
+                f"{ref.channels}; use a reference fitted on images like this one"
+            )
+        bands = decompose_channels(image.channels, config.fractions)
+        reference = (ref.mean, ref.std) if ref is not None else None
+        outputs = []
+        for j, out_rel in enumerate(output_paths(rel, config)):
+            seed = coefficients = None
+            if config.method is not Method.HARMONIZE:
+                assert config.seed is not None
+                seed = output_seed(config.seed, rel, j)
+                coefficients = draw_coefficients(
+                    seed,
+                    image.channel_count,
+                    len(config.fractions) + 1,
+                    config.low,
+                    config.high,
+                    per_channel=config.per_channel,
+                )
+            new = transform(bands, reference=reference, coefficients=coefficients)
+            with atomic_path(config.out_root / out_rel) as tmp:
+                write_image(image, new, tmp, config.write)
+            outputs.append(OutputRecord(out_rel, seed, _logged(coefficients, config.method)))
+        return result(OK, None, outputs)
+    except SkipImage as exc:
+        return result(SKIPPED, exc.message)
+    except ImageError as exc:
+        return result(FAILED, exc.message)
+    except np.linalg.LinAlgError as exc:
+        return result(FAILED, f"{src}: the decomposition did not converge ({exc})")
+    except MemoryError:
+        return result(FAILED, f"{src}: not enough memory to process this image")
+    except OSError as exc:
+        where = exc.filename or src
+        return result(FAILED, f"{where}: {exc.strerror or exc}")
+
+
+def _logged(coefficients: np.ndarray | None, method: Method) -> list[list[float | None]] | None:
+    """Coefficients as logged: one row per channel; the base's is null when it was matched."""
+    if coefficients is None:
+        return None
+    rows: list[list[float | None]] = [[float(v) for v in row] for row in coefficients]
+    if method is Method.HARMONIZE_DEHARMONIZE:
+        for row in rows:
+            row[0] = None
+    return rows
+
+
+# -- the pool ----------------------------------------------------------------------------
+
+_WORKER_CONFIG: JobConfig | None = None
+_BLAS: dict[str, Any] = {}
+
+
+def _init_worker(config: JobConfig) -> None:
+    global _WORKER_CONFIG
+    _WORKER_CONFIG = config
+
+
+def _set_blas_threads(n: int) -> None:
+    """Limit BLAS threads in this process, changing the limit only when it differs."""
+    if _BLAS.get("threads") == n:
+        return
+    from threadpoolctl import ThreadpoolController
+
+    controller = _BLAS.setdefault("controller", ThreadpoolController())
+    controller.limit(limits=n, user_api="blas")
+    _BLAS["threads"] = n
+
+
+def _worker_task(rel: str, blas_threads: int) -> FileResult:
+    assert _WORKER_CONFIG is not None
+    _set_blas_threads(blas_threads)
+    return process_file(rel, _WORKER_CONFIG)
+
+
+def run_files(
+    rels: Sequence[str],
+    config: JobConfig,
+    workers: int,
+    on_result: Callable[[FileResult], None] = lambda r: None,
+) -> list[FileResult]:
+    """Process ``rels``; results come back in the order of ``rels``.
+
+    ``on_result`` is called in this process as each file finishes (for progress display).
+    With one worker, or one file, everything runs in this process.
+    """
+    results: dict[str, FileResult] = {}
+    for res in _results(rels, config, workers):
+        results[res.path] = res
+        on_result(res)
+    return [results[r] for r in rels]
+
+
+def _results(rels: Sequence[str], config: JobConfig, workers: int) -> Iterator[FileResult]:
+    cpus = available_cpus()
+    workers = max(1, min(workers, len(rels)))
+    if workers == 1:
+        for rel in rels:
+            yield process_file(rel, config)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, context, _init_worker, (config,)) as pool:
+        pending = list(reversed(rels))
+        running: set[Future[FileResult]] = set()
+        while pending or running:
+            while pending and len(running) < workers:
+                busy = min(workers, len(pending) + len(running))
+                running.add(pool.submit(_worker_task, pending.pop(), max(1, cpus // busy)))
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()

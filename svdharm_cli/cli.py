@@ -1,0 +1,270 @@
+"""The ``svdharm`` command: a thin Typer app, one function per command, no logic of its own.
+
+Exit status: 0 when no file failed, 1 when any file failed (the others are still written),
+2 for usage errors (bad option values, missing or invalid reference, OUT equal to IN).
+Heavy modules (numpy, scipy, imaging) are imported inside the commands so that ``--help``
+and ``--version`` return at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from svdharm_cli import __version__
+
+app = typer.Typer(
+    name="svdharm",
+    help="SVD band harmonization and de-harmonization of PNG, JPEG and DICOM images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _user_errors(command: Callable[..., None]) -> Callable[..., None]:
+    """Turn :class:`SvdharmError` into one line on stderr (plus a hint) and its exit code.
+
+    Any other exception is a bug and keeps its traceback.
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        from svdharm_cli.errors import SvdharmError
+
+        try:
+            command(*args, **kwargs)
+        except SvdharmError as exc:
+            from svdharm_cli import display
+
+            display.print_error(exc.message, exc.hint)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"svdharm {__version__}")
+        raise typer.Exit()
+
+
+def _fractions(value: Optional[str]) -> Optional[tuple[float, ...]]:
+    if value is None:
+        return None
+    from svdharm_cli.bands import validate_fractions
+
+    try:
+        return validate_fractions(float(v) for v in value.split(",") if v.strip())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+Fractions = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Increasing band cuts as fractions of the singular values, e.g. 0.07,0.2,0.5 "
+        "(the default). With a JSON reference, the reference's own are used.",
+        show_default=False,
+    ),
+]
+Workers = Annotated[
+    Optional[int],
+    typer.Option(min=1, help="Worker processes [default: the CPUs this process may use]."),
+]
+Log = Annotated[
+    Optional[Path],
+    typer.Option(help="Where to write the JSON run log [default: a new timestamped file in OUT]."),
+]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Print only failures and errors (for cron).")
+]
+Include = Annotated[
+    Optional[list[str]],
+    typer.Option(help="Only inputs whose relative path matches this glob (repeatable)."),
+]
+Exclude = Annotated[
+    Optional[list[str]],
+    typer.Option(help="Skip inputs whose relative path matches this glob (repeatable)."),
+]
+PngCompression = Annotated[int, typer.Option(min=0, max=9, help="zlib level for PNG outputs.")]
+JpegQuality = Annotated[int, typer.Option(min=1, max=100, help="Quality of JPEG outputs.")]
+MaxPixels = Annotated[
+    int, typer.Option(min=1, help="Refuse images with more pixels than this (before decoding).")
+]
+In = Annotated[Path, typer.Argument(metavar="IN", help="Input image, or folder walked recursively.")]
+Out = Annotated[Path, typer.Argument(metavar="OUT", help="Output folder; mirrors the input tree.")]
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    """SVD band harmonization and de-harmonization of PNG, JPEG and DICOM images."""
+
+
+@app.command("fit-reference")
+@_user_errors
+def fit_reference(
+    refs: Annotated[list[Path], typer.Argument(help="Reference images or folders (a cohort).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Reference JSON to write.")],
+    fractions: Fractions = None,
+    max_pixels: MaxPixels = 100_000_000,
+    quiet: Quiet = False,
+) -> None:
+    """Fit a reference (per-band mean and std) from one image or a cohort."""
+    from svdharm_cli import display, jobs
+    from svdharm_cli.bands import DEFAULT_FRACTIONS
+
+    fr = _fractions(fractions) or DEFAULT_FRACTIONS
+    with display.progress("fitting", quiet) as (_, on_result):
+        reference, problems = jobs.fit_reference(refs, fr, max_pixels, on_result)
+    jobs.save_reference(reference, output)
+    display.report_failures(problems)
+    display.print_line(
+        f"reference from {len(reference.sources)} image(s), {reference.channels} channel(s), "
+        f"fractions {list(reference.fractions)} written to {output}",
+        quiet,
+    )
+    if any(p.status == "failed" for p in problems):
+        raise typer.Exit(1)
+
+
+@app.command()
+@_user_errors
+def harmonize(
+    inp: In,
+    out: Out,
+    reference: Annotated[
+        Path, typer.Option(help="Reference JSON, or an image to fit one from.")
+    ],
+    fractions: Fractions = None,
+    workers: Workers = None,
+    log: Log = None,
+    quiet: Quiet = False,
+    include: Include = None,
+    exclude: Exclude = None,
+    png_compression: PngCompression = 6,
+    jpeg_quality: JpegQuality = 95,
+    max_pixels: MaxPixels = 100_000_000,
+) -> None:
+    """Match every band's mean and std to the reference's."""
+    from svdharm_cli.methods import Method
+
+    _run(
+        quiet,
+        command="harmonize",
+        inp=inp,
+        out=out,
+        method=Method.HARMONIZE,
+        reference=reference,
+        fractions=_fractions(fractions),
+        workers=workers,
+        log=log,
+        include=include,
+        exclude=exclude,
+        png_compression=png_compression,
+        jpeg_quality=jpeg_quality,
+        max_pixels=max_pixels,
+    )
+
+
+@app.command()
+@_user_errors
+def augment(
+    inp: In,
+    out: Out,
+    copies: Annotated[int, typer.Option(min=1, help="De-harmonized copies per input.")] = 1,
+    seed: Annotated[
+        Optional[int],
+        typer.Option(min=0, help="Base seed [default: drawn at random, printed and logged]."),
+    ] = None,
+    low: Annotated[float, typer.Option(min=0.0, help="Lowest band coefficient.")] = 0.8,
+    high: Annotated[float, typer.Option(min=0.0, help="Highest band coefficient.")] = 1.2,
+    per_channel: Annotated[
+        bool, typer.Option(help="Draw coefficients per colour channel (changes hue).")
+    ] = False,
+    reference: Annotated[
+        Optional[Path],
+        typer.Option(help="Also harmonize the base to this reference (the combined method)."),
+    ] = None,
+    fractions: Fractions = None,
+    workers: Workers = None,
+    log: Log = None,
+    quiet: Quiet = False,
+    include: Include = None,
+    exclude: Exclude = None,
+    png_compression: PngCompression = 6,
+    jpeg_quality: JpegQuality = 95,
+    max_pixels: MaxPixels = 100_000_000,
+) -> None:
+    """Write de-harmonized copies (random band coefficients) of every input."""
+    from svdharm_cli.methods import Method
+
+    if low > high:
+        raise typer.BadParameter(f"--low {low} is above --high {high}", param_hint="--low")
+    method = Method.DEHARMONIZE if reference is None else Method.HARMONIZE_DEHARMONIZE
+    _run(
+        quiet,
+        command="augment",
+        inp=inp,
+        out=out,
+        method=method,
+        reference=reference,
+        fractions=_fractions(fractions),
+        copies=copies,
+        low=low,
+        high=high,
+        per_channel=per_channel,
+        seed=seed,
+        workers=workers,
+        log=log,
+        include=include,
+        exclude=exclude,
+        png_compression=png_compression,
+        jpeg_quality=jpeg_quality,
+        max_pixels=max_pixels,
+    )
+
+
+def _run(
+    quiet: bool,
+    *,
+    workers: Optional[int],
+    include: Optional[list[str]],
+    exclude: Optional[list[str]],
+    png_compression: int,
+    jpeg_quality: int,
+    **fields: Any,
+) -> None:
+    """Build the run request from the options, run it, show the outcome, set the exit code."""
+    from svdharm_cli import display, jobs
+    from svdharm_cli.batch import available_cpus
+    from svdharm_cli.formats import WriteOptions
+
+    request = jobs.RunRequest(
+        workers=workers or available_cpus(),
+        include=tuple(include or ()),
+        exclude=tuple(exclude or ()),
+        write=WriteOptions(png_compression=png_compression, jpeg_quality=jpeg_quality),
+        argv=tuple(sys.argv),
+        **fields,
+    )
+    with display.progress(request.command, quiet) as (on_start, on_result):
+        summary = jobs.run(request, on_start, on_result)
+    display.summary(summary, quiet)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

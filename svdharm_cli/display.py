@@ -1,0 +1,104 @@
+"""What a person sees in the terminal: a progress bar on a TTY, a summary at the end.
+
+Nothing here prints image header values: only paths, counts, times and messages. When
+output is not a terminal (cron, pipes) there is no bar and no colour; ``--quiet`` keeps
+only failures and errors, on stderr, so a cron mail arrives only when something went wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.markup import escape
+
+if TYPE_CHECKING:
+    from svdharm_cli.batch import FileResult
+    from svdharm_cli.jobs import RunSummary
+
+MAX_LISTED_FAILURES = 20
+
+
+def stdout() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def stderr() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def print_error(message: str, hint: str | None = None) -> None:
+    err = stderr()
+    err.print(f"[bold red]error:[/] {escape(message)}")
+    if hint:
+        err.print(f"[yellow]hint:[/] {escape(hint)}")
+
+
+@contextlib.contextmanager
+def progress(
+    label: str, quiet: bool
+) -> Iterator[tuple[Callable[[int], None], Callable[[FileResult], None]]]:
+    """Yield ``(on_start, on_result)`` callbacks that drive a bar when one is wanted."""
+    err = stderr()
+    if quiet or not err.is_terminal:
+        yield (lambda n: None), (lambda r: None)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+    task = bar.add_task(label, total=None)
+    with bar:
+        yield (
+            lambda n: bar.update(task, total=n),
+            lambda r: bar.advance(task),
+        )
+
+
+def report_failures(results: list[FileResult]) -> None:
+    problems = [r for r in results if r.status == "failed"]
+    err = stderr()
+    for r in problems[:MAX_LISTED_FAILURES]:
+        err.print(f"[red]failed:[/] {escape(r.reason or r.path)}")
+    if len(problems) > MAX_LISTED_FAILURES:
+        err.print(f"... and {len(problems) - MAX_LISTED_FAILURES} more failures (see the log)")
+
+
+def summary(run: RunSummary, quiet: bool) -> None:
+    report_failures(run.results)
+    if quiet:
+        return
+    out = stdout()
+    ok, skipped, failed = run.count("ok"), run.count("skipped"), run.count("failed")
+    written = sum(len(r.outputs) for r in run.results)
+    style = "red" if failed else "green"
+    out.print(
+        f"[{style}]processed {ok}[/], skipped {skipped}, failed {failed} "
+        f"({written} files written) in {run.seconds:.1f} s"
+    )
+    for r in run.results:
+        if r.status == "skipped":
+            out.print(f"skipped: {escape(r.reason or r.path)}")
+    if run.seed is not None and not run.seed_given:
+        out.print(f"seed: {run.seed} (pass --seed {run.seed} to reproduce this run)")
+    elif run.seed is not None:
+        out.print(f"seed: {run.seed}")
+    out.print(f"log: {escape(str(run.log_path))}")
+
+
+def print_line(text: str, quiet: bool) -> None:
+    if not quiet:
+        stdout().print(escape(text))
+
+
+def is_tty() -> bool:
+    return sys.stderr.isatty()

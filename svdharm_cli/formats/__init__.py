@@ -1,0 +1,157 @@
+"""File formats behind one small interface.
+
+Each format module provides a :class:`FormatHandler`: ``can_read(path, head)`` says whether
+it takes a file (by name or by its first bytes), ``read(path, max_pixels)`` returns an
+:class:`Image` whose channels are in normalized units (METHOD.md section 1), and
+``write(image, channels, path, options)`` writes new channels back in the input's format,
+bit depth and channel layout. Formats never do the method's math; the method never opens a
+file. Adding a format is adding a module and listing its handler in :data:`HANDLERS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from svdharm_cli.errors import ImageError
+
+DEFAULT_MAX_PIXELS = 100_000_000
+"""Images with more pixels than this are refused before their pixels are decoded."""
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """How outputs are encoded.
+
+    Attributes
+    ----------
+    png_compression
+        zlib level 0-9 for PNG (6 is Pillow's and libpng's usual default).
+    jpeg_quality
+        JPEG quality 1-100; chroma is not subsampled (4:4:4) so colour detail is kept.
+    """
+
+    png_compression: int = 6
+    jpeg_quality: int = 95
+
+
+@dataclass(frozen=True)
+class Image:
+    """One decoded image.
+
+    Attributes
+    ----------
+    channels
+        float64 array ``(c, h, w)`` in normalized units: stored value / ``2**bits - 1``.
+    alpha
+        The alpha channel as stored (``(h, w)``), carried through untouched; or None.
+    bits
+        Nominal bit depth of the stored values (8 or 16 for PNG, 8 for JPEG).
+    format
+        The handler's name, e.g. ``"png"``.
+    meta
+        Format-private details the writer needs (ICC profile, resolution, ...). Never logged.
+    """
+
+    channels: np.ndarray
+    alpha: np.ndarray | None
+    bits: int
+    format: str
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def channel_count(self) -> int:
+        return int(self.channels.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(h, w)`` for one channel, ``(h, w, c)`` for several (alpha not counted)."""
+        c, h, w = self.channels.shape
+        return (h, w) if c == 1 else (h, w, c)
+
+
+class FormatHandler(Protocol):
+    """What every format module provides."""
+
+    name: str
+
+    def can_read(self, path: Path, head: bytes) -> bool:
+        """Whether this handler takes ``path``; ``head`` is its first 132 bytes."""
+        ...
+
+    def read(self, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
+        """Decode ``path``; raise :class:`ImageError` (or :class:`SkipImage`) when it can't."""
+        ...
+
+    def write(self, image: Image, channels: np.ndarray, path: Path, options: WriteOptions) -> None:
+        """Write ``channels`` (normalized, shaped like ``image.channels``) in image's format."""
+        ...
+
+
+HEAD_BYTES = 132
+
+
+def _handlers() -> tuple[FormatHandler, ...]:
+    from svdharm_cli.formats.raster import JPEG, PNG
+
+    return (PNG, JPEG)
+
+
+def handler_for(path: Path) -> FormatHandler | None:
+    """The handler that takes ``path``, or None when no format does (the file is ignored)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEAD_BYTES)
+    except OSError:
+        head = b""
+    for handler in _handlers():
+        if handler.can_read(path, head):
+            return handler
+    return None
+
+
+def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
+    """Read any supported image; :class:`ImageError` names the file and the problem."""
+    handler = handler_for(path)
+    if handler is None:
+        raise ImageError(f"{path}: not a PNG, JPEG or DICOM file")
+    return handler.read(path, max_pixels)
+
+
+def handler_named(name: str) -> FormatHandler:
+    for handler in _handlers():
+        if handler.name == name:
+            return handler
+    raise KeyError(name)
+
+
+def write_image(image: Image, channels: np.ndarray, path: Path, options: WriteOptions) -> None:
+    """Write new channels for ``image`` to ``path`` in the image's own format."""
+    handler_named(image.format).write(image, channels, path, options)
+
+
+def normalize(stored: np.ndarray, bits: int) -> np.ndarray:
+    """Stored unsigned values to float64 normalized units: ``value / (2**bits - 1)``."""
+    return np.asarray(stored, dtype=np.float64) / float(2**bits - 1)
+
+
+def denormalize(channels: np.ndarray, bits: int, dtype: np.dtype[Any] | type) -> np.ndarray:
+    """Normalized units back to stored values: clip to [0, 1], scale, round to nearest, cast."""
+    top = float(2**bits - 1)
+    out = np.clip(channels, 0.0, 1.0) * top
+    return np.rint(out, out=out).astype(dtype)
+
+
+def check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
+    """Refuse images whose declared size exceeds ``max_pixels`` (decompression bombs)."""
+    if width < 1 or height < 1:
+        raise ImageError(f"{path}: the image declares an empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{path}: {width}x{height} pixels exceeds the limit of {max_pixels:,}",
+            hint="raise --max-pixels if this image is genuine",
+        )

@@ -1,0 +1,190 @@
+"""PNG and JPEG through imageio's Pillow plugin, and 16-bit colour PNG through pypng.
+
+What is read, and written back the same way:
+
+- 8-bit grayscale (``L``), grayscale + alpha (``LA``), ``RGB``, ``RGBA``; 16-bit grayscale
+  PNG (``I;16``).
+- 16-bit colour or grayscale+alpha PNG: Pillow silently reduces these to 8 bits, so they go
+  through pypng, which keeps all 16.
+- JPEG: 8-bit ``L`` and ``RGB``; outputs are re-encoded at ``--jpeg-quality`` with 4:4:4
+  chroma. ICC profile, resolution and EXIF are copied; pixels are never rotated.
+
+Refused with a reason: palette PNG (values are indices into a colour table), 1-bit images,
+CMYK JPEG, 32-bit integer and float images, and any other Pillow mode.
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from svdharm_cli.errors import ImageError
+from svdharm_cli.formats import (
+    DEFAULT_MAX_PIXELS,
+    Image,
+    WriteOptions,
+    check_pixels,
+    denormalize,
+    normalize,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+
+_MODES: dict[str, tuple[int, bool]] = {
+    # Pillow mode -> (bits, has alpha)
+    "L": (8, False),
+    "LA": (8, True),
+    "RGB": (8, False),
+    "RGBA": (8, True),
+    "I;16": (16, False),
+    "I;16B": (16, False),
+    "I;16L": (16, False),
+}
+_REFUSED: dict[str, str] = {
+    "P": "palette images are not supported (their values are colour-table indices)",
+    "PA": "palette images are not supported (their values are colour-table indices)",
+    "1": "1-bit images are not supported (they hold labels, not intensities)",
+    "CMYK": "CMYK images are not supported (convert them to RGB first)",
+    "I": "32-bit integer images are not supported",
+    "F": "floating-point images are not supported",
+}
+_KEPT_META = ("icc_profile", "dpi", "exif")
+
+
+@dataclass(frozen=True)
+class _PillowFormat:
+    name: str
+    suffixes: tuple[str, ...]
+    signature: bytes
+    extension: str
+
+    def can_read(self, path: Path, head: bytes) -> bool:
+        return path.suffix.lower() in self.suffixes or head.startswith(self.signature)
+
+    def read(self, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
+        head = _head(path)
+        if not head.startswith(self.signature):
+            raise ImageError(f"{path}: not a valid {self.name.upper()} file (bad signature)")
+        if self.name == "png":
+            width, height, depth, colour = _png_header(path, head)
+            check_pixels(path, width, height, max_pixels)
+            if depth == 16 and colour != 0:
+                return _read_pypng(path)
+        return self._read_pillow(path, max_pixels)
+
+    def _read_pillow(self, path: Path, max_pixels: int) -> Image:
+        import imageio.v3 as iio
+        from PIL import Image as PILImage
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+                with iio.imopen(path, "r", plugin="pillow") as f:
+                    meta = f.metadata(index=0, exclude_applied=False)
+                    mode = str(meta.get("mode"))
+                    width, height = meta["shape"]
+                    check_pixels(path, int(width), int(height), max_pixels)
+                    if mode in _REFUSED:
+                        raise ImageError(f"{path}: {_REFUSED[mode]}")
+                    if mode not in _MODES:
+                        raise ImageError(f"{path}: unsupported image mode {mode!r}")
+                    pixels = np.asarray(f.read(index=0))
+        except ImageError:
+            raise
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise ImageError(f"{path}: cannot decode {self.name.upper()}: {exc}") from exc
+        except PILImage.DecompressionBombError as exc:
+            raise ImageError(f"{path}: {exc}") from exc
+        bits, has_alpha = _MODES[mode]
+        kept = {k: meta[k] for k in _KEPT_META if k in meta}
+        return _make_image(pixels, bits, has_alpha, self.name, kept)
+
+    def write(self, image: Image, channels: np.ndarray, path: Path, options: WriteOptions) -> None:
+        dtype = np.uint16 if image.bits == 16 else np.uint8
+        pixels = _interleave(denormalize(channels, image.bits, dtype), image.alpha)
+        if image.bits == 16 and pixels.ndim == 3:
+            _write_pypng(pixels, path, options)
+            return
+        import imageio.v3 as iio
+
+        kwargs: dict[str, Any] = {k: image.meta[k] for k in _KEPT_META if k in image.meta}
+        if self.name == "png":
+            kwargs["compress_level"] = options.png_compression
+        else:
+            kwargs.update(quality=options.jpeg_quality, subsampling=0)
+        iio.imwrite(path, pixels, plugin="pillow", extension=self.extension, **kwargs)
+
+
+PNG = _PillowFormat("png", (".png",), PNG_SIGNATURE, ".png")
+JPEG = _PillowFormat("jpeg", (".jpg", ".jpeg", ".jpe"), JPEG_SIGNATURE, ".jpg")
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(33)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot open: {exc.strerror or exc}") from exc
+
+
+def _png_header(path: Path, head: bytes) -> tuple[int, int, int, int]:
+    """Width, height, bit depth and colour type from the IHDR chunk."""
+    if len(head) < 29 or head[12:16] != b"IHDR":
+        raise ImageError(f"{path}: not a valid PNG file (no IHDR header)")
+    width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
+    return width, height, depth, colour
+
+
+def _make_image(
+    pixels: np.ndarray, bits: int, has_alpha: bool, fmt: str, meta: dict[str, Any]
+) -> Image:
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    alpha = pixels[:, :, -1].copy() if has_alpha else None
+    colour = pixels[:, :, :-1] if has_alpha else pixels
+    channels = normalize(np.moveaxis(colour, 2, 0), bits)
+    return Image(channels=channels, alpha=alpha, bits=bits, format=fmt, meta=meta)
+
+
+def _interleave(stored: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    """``(c, h, w)`` stored values (+ alpha) to Pillow's ``(h, w[, c])`` layout."""
+    planes = list(stored)
+    if alpha is not None:
+        planes.append(alpha.astype(stored.dtype))
+    if len(planes) == 1:
+        return planes[0]
+    return np.ascontiguousarray(np.stack(planes, axis=-1))
+
+
+def _read_pypng(path: Path) -> Image:
+    import png
+
+    try:
+        width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+        flat = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
+    except (png.Error, OSError, ValueError) as exc:
+        raise ImageError(f"{path}: cannot decode PNG: {exc}") from exc
+    pixels = flat.reshape(height, width, info["planes"])
+    return _make_image(pixels, 16, bool(info["alpha"]), "png", {})
+
+
+def _write_pypng(pixels: np.ndarray, path: Path, options: WriteOptions) -> None:
+    import png
+
+    height, width, planes = pixels.shape
+    writer = png.Writer(
+        width,
+        height,
+        greyscale=planes in (1, 2),
+        alpha=planes in (2, 4),
+        bitdepth=16,
+        compression=options.png_compression,
+    )
+    with open(path, "wb") as f:
+        writer.write(f, pixels.reshape(height, width * planes))
