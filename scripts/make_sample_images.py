@@ -92,15 +92,29 @@ def main(outdir: Path) -> None:
         for i in range(2):
             rng = np.random.default_rng(1000 * s + i)
             letter = site[-1]
-            save(acquire(fundus(rng), site, rng), outdir / "fundus" / site / f"fundus_{letter}{i}.png")
+            save(
+                acquire(fundus(rng), site, rng),
+                outdir / "fundus" / site / f"fundus_{letter}{i}.png",
+            )
             chest = acquire(radiograph(rng), site, rng)
             save(chest, outdir / "radiograph" / site / f"chest_{letter}{i}.png")
         rng = np.random.default_rng(1000 * s + 7)
         save(acquire(fundus(rng), site, rng), outdir / "fundus" / site / f"fundus_{letter}2.jpg")
-        save(acquire(radiograph(rng), site, rng), outdir / "radiograph" / site / f"chest_{letter}2.jpg")
+        save(
+            acquire(radiograph(rng), site, rng),
+            outdir / "radiograph" / site / f"chest_{letter}2.jpg",
+        )
         rng = np.random.default_rng(1000 * s + 9)
-        save(acquire(radiograph(rng), site, rng), outdir / "radiograph" / site / f"chest_{letter}3_16bit.png", bits=16)
+        save(
+            acquire(radiograph(rng), site, rng),
+            outdir / "radiograph" / site / f"chest_{letter}3_16bit.png",
+            bits=16,
+        )
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "sample_images")
+    main(
+        Path(sys.argv[1])
+        if len(sys.argv) > 1
+        else Path(__file__).resolve().parent.parent / "sample_images"
+    )

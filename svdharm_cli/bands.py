@@ -26,9 +26,10 @@ stretches the error (up to 7 8-bit levels on 1024 x 1024 test images, against a 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+
 import numpy as np
 import scipy.linalg
 
@@ -38,7 +39,7 @@ DEFAULT_FRACTIONS: tuple[float, ...] = (0.07, 0.20, 0.50)
 _ROW_BLOCK = 512
 
 
-def validate_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
+def validate_fractions(fractions: Iterable[float]) -> tuple[float, ...]:
     """Return ``fractions`` as a tuple after checking they are increasing and in (0, 1).
 
     Raises
@@ -106,35 +107,39 @@ class Bands:
     def stats(self) -> tuple[np.ndarray, np.ndarray]:
         """Mean and population standard deviation (ddof 0) of every component.
 
+        Means come from column sums (no component formed). For the middle bands the variance
+        is ``||P_i||^2 / (h w) - mean^2``; the base (whose mean dominates its energy) and the
+        finest band (``X - P V^T``, whose energy is a small difference) would lose accuracy
+        that way, so they are formed in row blocks and their centred squares summed.
+
         Returns
         -------
         means, stds
             float64 arrays of length ``n_components``, coarse to fine.
         """
         size = self.x.size
-        col_p = self.p.sum(axis=0, dtype=np.float64)
-        col_v = self.v.sum(axis=0, dtype=np.float64)
-        energy_p = np.einsum("ij,ij->j", self.p, self.p, dtype=np.float64)
-        means, energies = [], []
-        for cols in self._column_slices():
-            means.append(float(col_p[cols] @ col_v[cols]) / size)
-            energies.append(float(energy_p[cols].sum()))
-        # The finest band X - P V^T is formed explicitly (in row blocks, to bound memory):
-        # taking its energy as ||X||^2 minus the others would cancel catastrophically.
-        res_sum = res_sq = 0.0
-        vt = self.v.T
+        col_p = self.p.sum(axis=0)
+        col_v = self.v.sum(axis=0)
+        energy_p = np.einsum("ij,ij->j", self.p, self.p)
+        slices = self._column_slices()
+        means = [float(col_p[cols] @ col_v[cols]) / size for cols in slices]
+        means.append(float(self.x.mean()) - sum(means))
+        var = [float(energy_p[cols].sum()) / size - m * m for cols, m in zip(slices, means)]
+        k1 = self.ranks[0]
+        base_sq = res_sq = 0.0
         for start in range(0, self.x.shape[0], _ROW_BLOCK):
             rows = slice(start, start + _ROW_BLOCK)
-            res = self.x[rows] - self.p[rows] @ vt
-            res_sum += float(res.sum())
+            base = self.p[rows, :k1] @ self.v[:, :k1].T
+            res = self.x[rows] - self.p[rows] @ self.v.T
+            base -= means[0]
+            res -= means[-1]
+            base_sq += float(np.einsum("ij,ij->", base, base))
             res_sq += float(np.einsum("ij,ij->", res, res))
-        means.append(res_sum / size)
-        energies.append(res_sq)
-        m = np.asarray(means)
-        var = np.maximum(np.asarray(energies) / size - m * m, 0.0)
-        return m, np.sqrt(var)
+        var[0] = base_sq / size
+        var.append(res_sq / size)
+        return np.asarray(means), np.sqrt(np.maximum(var, 0.0))
 
-    def combine(self, scales: Sequence[float], offset: float = 0.0) -> np.ndarray:
+    def combine(self, scales: Sequence[float] | np.ndarray, offset: float = 0.0) -> np.ndarray:
         """Return ``sum_i scales[i] * c_i + offset`` as float64, in the channel's orientation."""
         a = np.asarray(scales, dtype=np.float64)
         if a.shape != (self.n_components,):
@@ -194,4 +199,3 @@ def decompose(
     v = np.ascontiguousarray(vecs[:, w - k :][:, ::-1])
     p = x @ v
     return Bands(x=x, p=p, v=v, ranks=ranks, transposed=transposed)
-

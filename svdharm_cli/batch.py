@@ -27,7 +27,13 @@ import numpy as np
 
 from svdharm_cli.atomic import atomic_path
 from svdharm_cli.errors import ImageError, SkipImage, UsageError
-from svdharm_cli.formats import DEFAULT_MAX_PIXELS, WriteOptions, handler_for, read_image, write_image
+from svdharm_cli.formats import (
+    DEFAULT_MAX_PIXELS,
+    WriteOptions,
+    handler_for,
+    read_image,
+    write_image,
+)
 from svdharm_cli.methods import (
     DEFAULT_HIGH,
     DEFAULT_LOW,

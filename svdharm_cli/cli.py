@@ -97,7 +97,9 @@ JpegQuality = Annotated[int, typer.Option(min=1, max=100, help="Quality of JPEG 
 MaxPixels = Annotated[
     int, typer.Option(min=1, help="Refuse images with more pixels than this (before decoding).")
 ]
-In = Annotated[Path, typer.Argument(metavar="IN", help="Input image, or folder walked recursively.")]
+In = Annotated[
+    Path, typer.Argument(metavar="IN", help="Input image, or folder walked recursively.")
+]
 Out = Annotated[Path, typer.Argument(metavar="OUT", help="Output folder; mirrors the input tree.")]
 
 
@@ -143,9 +145,7 @@ def fit_reference(
 def harmonize(
     inp: In,
     out: Out,
-    reference: Annotated[
-        Path, typer.Option(help="Reference JSON, or an image to fit one from.")
-    ],
+    reference: Annotated[Path, typer.Option(help="Reference JSON, or an image to fit one from.")],
     fractions: Fractions = None,
     workers: Workers = None,
     log: Log = None,

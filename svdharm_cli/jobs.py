@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from svdharm_cli import __version__
 from svdharm_cli.atomic import write_text
 from svdharm_cli.bands import DEFAULT_FRACTIONS
@@ -78,8 +80,11 @@ class RunSummary:
 
 
 def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def image_statistics(path: Path, fractions: Sequence[float], max_pixels: int) -> tuple[Any, Source]:
@@ -108,7 +113,9 @@ def fit_reference(
         files.extend(root / r for r in rels)
     if not files:
         raise UsageError("no PNG, JPEG or DICOM images found in the reference inputs")
-    stats, sources, problems = [], [], []
+    stats: list[tuple[np.ndarray, np.ndarray]] = []
+    sources: list[Source] = []
+    problems: list[FileResult] = []
     for path in files:
         start = time.perf_counter()
         try:

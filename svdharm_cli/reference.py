@@ -162,9 +162,7 @@ class Reference:
                 raise bad(f"sources[{i}]", "must have a string path and sha256 and a shape list")
             sources.append(Source(src["path"], src["sha256"], tuple(src["shape"])))
         tool_version = data.get("tool_version", "unknown")
-        return cls(
-            fractions, arrays["mean"], arrays["std"], tuple(sources), str(tool_version)
-        )
+        return cls(fractions, arrays["mean"], arrays["std"], tuple(sources), str(tool_version))
 
 
 def _is_number(value: Any) -> bool:

@@ -77,7 +77,10 @@ class Image:
 class FormatHandler(Protocol):
     """What every format module provides."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """Short lower-case name, e.g. ``"png"``; recorded in :attr:`Image.format`."""
+        ...
 
     def can_read(self, path: Path, head: bytes) -> bool:
         """Whether this handler takes ``path``; ``head`` is its first 132 bytes."""

@@ -166,8 +166,9 @@ def _read_pypng(path: Path) -> Image:
     import png
 
     try:
-        width, height, rows, info = png.Reader(filename=str(path)).asDirect()
-        flat = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
+        with open(path, "rb") as f:
+            width, height, rows, info = png.Reader(file=f).asDirect()
+            flat = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
     except (png.Error, OSError, ValueError) as exc:
         raise ImageError(f"{path}: cannot decode PNG: {exc}") from exc
     pixels = flat.reshape(height, width, info["planes"])

@@ -1,0 +1,40 @@
+# The one entry point: `make demo` and `make test` work from a fresh clone with Python 3 and make.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.svdharm-installed
+SVDHARM := $(BIN)/svdharm
+
+.PHONY: install demo test lint bench samples clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	rm -rf out
+	$(SVDHARM) fit-reference sample_images/fundus/site_a -o out/fundus-reference.json
+	$(SVDHARM) fit-reference sample_images/radiograph/site_a -o out/radiograph-reference.json
+	$(SVDHARM) harmonize sample_images/fundus out/harmonized/fundus --reference out/fundus-reference.json
+	$(SVDHARM) harmonize sample_images/radiograph out/harmonized/radiograph --reference out/radiograph-reference.json
+	$(SVDHARM) augment sample_images out/augmented --copies 3 --seed 42
+	$(SVDHARM) augment sample_images/radiograph out/harmonized-augmented --copies 2 --seed 42 --reference out/radiograph-reference.json
+	@echo "demo outputs are in out/"
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check svdharm_cli tests scripts
+	$(BIN)/ruff format --check svdharm_cli tests scripts
+	$(BIN)/mypy svdharm_cli
+
+samples: install
+	$(BIN)/python scripts/make_sample_images.py
+
+clean:
+	rm -rf out $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
