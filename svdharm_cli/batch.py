@@ -16,6 +16,7 @@ from __future__ import annotations
 import fnmatch
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from svdharm_cli.atomic import atomic_path
+from svdharm_cli.atomic import TEMP_MARKER, atomic_path
 from svdharm_cli.errors import ImageError, SkipImage, UsageError
 from svdharm_cli.formats import (
     DEFAULT_MAX_PIXELS,
@@ -44,6 +45,7 @@ from svdharm_cli.methods import (
     transform,
 )
 from svdharm_cli.reference import Reference
+from svdharm_cli.safety import LOCK_NAME, Interrupted, ignore_signals_in_worker
 
 OK, SKIPPED, FAILED = "ok", "skipped", "failed"
 
@@ -64,6 +66,7 @@ class JobConfig:
     seed: int | None = None
     write: WriteOptions = field(default_factory=WriteOptions)
     max_pixels: int = DEFAULT_MAX_PIXELS
+    skip_existing: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,14 +116,16 @@ def discover(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     skip_dirs: Sequence[Path] = (),
+    include_hidden: bool = False,
 ) -> tuple[Path, list[str]]:
     """The input root and the sorted relative paths (POSIX form) of the images under it.
 
-    A file given directly is taken as it is. In a folder, hidden files and folders are
-    skipped, symbolic links to folders are not followed (so link loops cannot hang a run),
-    files no format recognizes (by extension or first bytes) are ignored, and globs are
-    matched against the relative path (``*`` also matches ``/``): a file is taken when it
-    matches some ``include`` (or none are given) and no ``exclude``.
+    A file given directly is taken as it is. In a folder: hidden files and folders (names
+    starting with ``.``) are skipped unless ``include_hidden``; symbolic links to folders
+    are not followed (so link loops cannot hang a run); files no format recognizes (by
+    extension or first bytes) are ignored; globs are matched against the relative path
+    (``*`` also matches ``/``), and a file is taken when it matches some ``include`` (or
+    none are given) and no ``exclude``.
     """
     if inp.is_file():
         return inp.parent, [inp.name]
@@ -129,10 +134,14 @@ def discover(
     for dirpath, dirnames, filenames in os.walk(inp):
         here = Path(dirpath)
         dirnames[:] = sorted(
-            d for d in dirnames if not d.startswith(".") and (here / d).resolve() not in skip
+            d
+            for d in dirnames
+            if (include_hidden or not d.startswith(".")) and (here / d).resolve() not in skip
         )
         for name in filenames:
-            if name.startswith("."):
+            if name.startswith(".") and not include_hidden:
+                continue
+            if name.endswith(TEMP_MARKER) or name == LOCK_NAME:
                 continue
             rel = (here / name).relative_to(inp).as_posix()
             if include and not any(fnmatch.fnmatch(rel, g) for g in include):
@@ -160,7 +169,12 @@ def process_file(rel: str, config: JobConfig) -> FileResult:
     def result(status: str, reason: str | None, outputs: Sequence[OutputRecord] = ()) -> FileResult:
         return FileResult(rel, status, reason, tuple(outputs), time.perf_counter() - start)
 
+    planned = output_paths(rel, config)
+    if config.skip_existing and all((config.out_root / o).exists() for o in planned):
+        return result(SKIPPED, f"{src}: outputs already exist (--skip-existing)")
     try:
+        for out_rel in planned:
+            _check_inside(config.out_root, config.out_root / out_rel)
         image = read_image(src, config.max_pixels)
         ref = config.reference
         if ref is not None and ref.channels != image.channel_count:
@@ -171,7 +185,7 @@ def process_file(rel: str, config: JobConfig) -> FileResult:
         bands = decompose_channels(image.channels, config.fractions)
         reference = (ref.mean, ref.std) if ref is not None else None
         outputs = []
-        for j, out_rel in enumerate(output_paths(rel, config)):
+        for j, out_rel in enumerate(planned):
             seed = coefficients = None
             if config.method is not Method.HARMONIZE:
                 assert config.seed is not None
@@ -202,6 +216,18 @@ def process_file(rel: str, config: JobConfig) -> FileResult:
         return result(FAILED, f"{where}: {exc.strerror or exc}")
 
 
+def _check_inside(root: Path, target: Path) -> None:
+    """Refuse an output whose folder resolves outside OUT (a symbolic link planted in OUT)."""
+    parent = target.parent
+    while not parent.exists() and parent != root:
+        parent = parent.parent
+    if not parent.exists():
+        return  # nothing exists below OUT yet, so no link can redirect the write
+    real_root, real = root.resolve(), parent.resolve()
+    if real != real_root and real_root not in real.parents:
+        raise ImageError(f"{target}: would be written outside the output folder ({real})")
+
+
 def _logged(coefficients: np.ndarray | None, method: Method) -> list[list[float | None]] | None:
     """Coefficients as logged: one row per channel; the base's is null when it was matched."""
     if coefficients is None:
@@ -221,6 +247,7 @@ _BLAS: dict[str, Any] = {}
 
 def _init_worker(config: JobConfig) -> None:
     global _WORKER_CONFIG
+    ignore_signals_in_worker()
     _WORKER_CONFIG = config
 
 
@@ -241,22 +268,37 @@ def _worker_task(rel: str, blas_threads: int) -> FileResult:
     return process_file(rel, _WORKER_CONFIG)
 
 
+@dataclass(frozen=True)
+class BatchOutcome:
+    """The files that finished (in input order), and the signal that stopped the run, if any."""
+
+    results: list[FileResult]
+    interrupted: int | None = None
+
+
 def run_files(
     rels: Sequence[str],
     config: JobConfig,
     workers: int,
     on_result: Callable[[FileResult], None] = lambda r: None,
-) -> list[FileResult]:
-    """Process ``rels``; results come back in the order of ``rels``.
+) -> BatchOutcome:
+    """Process ``rels``, calling ``on_result`` in this process as each file finishes.
 
-    ``on_result`` is called in this process as each file finishes (for progress display).
-    With one worker, or one file, everything runs in this process.
+    With one worker, or one file, everything runs in this process. When SIGINT or SIGTERM
+    arrives (as :class:`Interrupted` or KeyboardInterrupt) nothing more is dispatched, the
+    workers are terminated, and the files finished so far are returned.
     """
     results: dict[str, FileResult] = {}
-    for res in _results(rels, config, workers):
-        results[res.path] = res
-        on_result(res)
-    return [results[r] for r in rels]
+    interrupted = None
+    try:
+        for res in _results(rels, config, workers):
+            results[res.path] = res
+            on_result(res)
+    except Interrupted as exc:
+        interrupted = exc.signum
+    except KeyboardInterrupt:
+        interrupted = signal.SIGINT
+    return BatchOutcome([results[r] for r in rels if r in results], interrupted)
 
 
 def _results(rels: Sequence[str], config: JobConfig, workers: int) -> Iterator[FileResult]:
@@ -267,7 +309,8 @@ def _results(rels: Sequence[str], config: JobConfig, workers: int) -> Iterator[F
             yield process_file(rel, config)
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, context, _init_worker, (config,)) as pool:
+    pool = ProcessPoolExecutor(workers, context, _init_worker, (config,))
+    try:
         pending = list(reversed(rels))
         running: set[Future[FileResult]] = set()
         while pending or running:
@@ -277,3 +320,20 @@ def _results(rels: Sequence[str], config: JobConfig, workers: int) -> Iterator[F
             done, running = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 yield future.result()
+    except BaseException:
+        _terminate(pool)
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """End the pool's workers now (the executor has no public way before Python 3.14)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=10)
+        if process.is_alive():
+            process.kill()
+            process.join()

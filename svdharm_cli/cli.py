@@ -94,6 +94,16 @@ Exclude = Annotated[
 ]
 PngCompression = Annotated[int, typer.Option(min=0, max=9, help="zlib level for PNG outputs.")]
 JpegQuality = Annotated[int, typer.Option(min=1, max=100, help="Quality of JPEG outputs.")]
+SkipExisting = Annotated[
+    bool,
+    typer.Option(
+        help="Skip inputs whose outputs all exist (to finish an interrupted run; seeds "
+        "make the result identical to an uninterrupted run)."
+    ),
+]
+IncludeHidden = Annotated[
+    bool, typer.Option(help="Also process hidden files and folders (names starting with '.').")
+]
 MaxPixels = Annotated[
     int, typer.Option(min=1, help="Refuse images with more pixels than this (before decoding).")
 ]
@@ -155,6 +165,8 @@ def harmonize(
     png_compression: PngCompression = 6,
     jpeg_quality: JpegQuality = 95,
     max_pixels: MaxPixels = 100_000_000,
+    skip_existing: SkipExisting = False,
+    include_hidden: IncludeHidden = False,
 ) -> None:
     """Match every band's mean and std to the reference's."""
     from svdharm_cli.methods import Method
@@ -174,6 +186,8 @@ def harmonize(
         png_compression=png_compression,
         jpeg_quality=jpeg_quality,
         max_pixels=max_pixels,
+        skip_existing=skip_existing,
+        include_hidden=include_hidden,
     )
 
 
@@ -205,6 +219,8 @@ def augment(
     png_compression: PngCompression = 6,
     jpeg_quality: JpegQuality = 95,
     max_pixels: MaxPixels = 100_000_000,
+    skip_existing: SkipExisting = False,
+    include_hidden: IncludeHidden = False,
 ) -> None:
     """Write de-harmonized copies (random band coefficients) of every input."""
     from svdharm_cli.methods import Method
@@ -232,6 +248,8 @@ def augment(
         png_compression=png_compression,
         jpeg_quality=jpeg_quality,
         max_pixels=max_pixels,
+        skip_existing=skip_existing,
+        include_hidden=include_hidden,
     )
 
 
@@ -261,6 +279,8 @@ def _run(
     with display.progress(request.command, quiet) as (on_start, on_result):
         summary = jobs.run(request, on_start, on_result)
     display.summary(summary, quiet)
+    if summary.interrupted is not None:
+        raise typer.Exit(128 + summary.interrupted)
     if summary.failed:
         raise typer.Exit(1)
 

@@ -8,6 +8,7 @@ only failures and errors, on stderr, so a cron mail arrives only when something 
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
@@ -19,7 +20,12 @@ if TYPE_CHECKING:
     from svdharm_cli.batch import FileResult
     from svdharm_cli.jobs import RunSummary
 
-MAX_LISTED_FAILURES = 20
+MAX_LISTED = 20
+
+
+def safe(text: str) -> str:
+    """Printable form of a message: file names that are not UTF-8 shown with escapes."""
+    return escape(text.encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 def stdout() -> Console:
@@ -32,9 +38,9 @@ def stderr() -> Console:
 
 def print_error(message: str, hint: str | None = None) -> None:
     err = stderr()
-    err.print(f"[bold red]error:[/] {escape(message)}")
+    err.print(f"[bold red]error:[/] {safe(message)}")
     if hint:
-        err.print(f"[yellow]hint:[/] {escape(hint)}")
+        err.print(f"[yellow]hint:[/] {safe(hint)}")
 
 
 @contextlib.contextmanager
@@ -67,14 +73,20 @@ def progress(
 def report_failures(results: list[FileResult]) -> None:
     problems = [r for r in results if r.status == "failed"]
     err = stderr()
-    for r in problems[:MAX_LISTED_FAILURES]:
-        err.print(f"[red]failed:[/] {escape(r.reason or r.path)}")
-    if len(problems) > MAX_LISTED_FAILURES:
-        err.print(f"... and {len(problems) - MAX_LISTED_FAILURES} more failures (see the log)")
+    for r in problems[:MAX_LISTED]:
+        err.print(f"[red]failed:[/] {safe(r.reason or r.path)}")
+    if len(problems) > MAX_LISTED:
+        err.print(f"... and {len(problems) - MAX_LISTED} more failures (see the log)")
 
 
 def summary(run: RunSummary, quiet: bool) -> None:
     report_failures(run.results)
+    if run.interrupted is not None:
+        name = signal.Signals(run.interrupted).name
+        stderr().print(
+            f"[bold red]interrupted[/] by {name} after {len(run.results)} of {run.total} "
+            "files; run the same command with --skip-existing to finish"
+        )
     if quiet:
         return
     out = stdout()
@@ -85,19 +97,21 @@ def summary(run: RunSummary, quiet: bool) -> None:
         f"[{style}]processed {ok}[/], skipped {skipped}, failed {failed} "
         f"({written} files written) in {run.seconds:.1f} s"
     )
-    for r in run.results:
-        if r.status == "skipped":
-            out.print(f"skipped: {escape(r.reason or r.path)}")
+    skipped_results = [r for r in run.results if r.status == "skipped"]
+    for r in skipped_results[:MAX_LISTED]:
+        out.print(f"skipped: {safe(r.reason or r.path)}")
+    if len(skipped_results) > MAX_LISTED:
+        out.print(f"... and {len(skipped_results) - MAX_LISTED} more skipped (see the log)")
     if run.seed is not None and not run.seed_given:
         out.print(f"seed: {run.seed} (pass --seed {run.seed} to reproduce this run)")
     elif run.seed is not None:
         out.print(f"seed: {run.seed}")
-    out.print(f"log: {escape(str(run.log_path))}")
+    out.print(f"log: {safe(str(run.log_path))}")
 
 
 def print_line(text: str, quiet: bool) -> None:
     if not quiet:
-        stdout().print(escape(text))
+        stdout().print(safe(text))
 
 
 def is_tty() -> bool:

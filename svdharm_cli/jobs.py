@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ from svdharm_cli.formats import DEFAULT_MAX_PIXELS, WriteOptions, read_image
 from svdharm_cli.methods import DEFAULT_HIGH, DEFAULT_LOW, Method, channel_statistics
 from svdharm_cli.reference import Reference, Source
 from svdharm_cli.runlog import LOG_FORMAT, LOG_VERSION, file_record, iso, utc_now, write_log
+from svdharm_cli.safety import OutputLock, interruptible, sweep_temporaries
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class RunRequest:
     log: Path | None = None
     write: WriteOptions = field(default_factory=WriteOptions)
     max_pixels: int = DEFAULT_MAX_PIXELS
+    skip_existing: bool = False
+    include_hidden: bool = False
     argv: tuple[str, ...] = ()
 
 
@@ -70,6 +74,8 @@ class RunSummary:
     log_path: Path
     seed: int | None
     seed_given: bool
+    total: int = 0
+    interrupted: int | None = None
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -184,71 +190,108 @@ def run(
     on_start: Callable[[int], None] = lambda n: None,
     on_result: Callable[[FileResult], None] = lambda r: None,
 ) -> RunSummary:
-    """Carry out a harmonize or augment run and write its log."""
+    """Carry out a harmonize or augment run and write its log.
+
+    OUT is locked for the run (a concurrent run into it is refused), temporaries a crashed
+    run left there are removed, and a SIGINT or SIGTERM during the batch ends it early with
+    the log still written (``status: interrupted``) and ``RunSummary.interrupted`` set.
+    """
     started = utc_now()
     clock = time.perf_counter()
     check_roots(request.inp, request.out)
     reference, ref_record = None, None
-    if request.reference is not None:
+    if request.reference is not None:  # before OUT is created: a bad reference leaves no trace
         reference, ref_record = load_reference(
             request.reference, request.fractions, request.max_pixels
         )
-    fractions = reference.fractions if reference else (request.fractions or DEFAULT_FRACTIONS)
-    seed = request.seed
-    if request.method is not Method.HARMONIZE and seed is None:
-        seed = secrets.randbits(63)
-    root, rels = discover(
-        request.inp, include=request.include, exclude=request.exclude, skip_dirs=[request.out]
+    with OutputLock(request.out):
+        sweep_temporaries(request.out)
+        fractions = reference.fractions if reference else (request.fractions or DEFAULT_FRACTIONS)
+        seed = request.seed
+        if request.method is not Method.HARMONIZE and seed is None:
+            seed = secrets.randbits(63)
+        root, rels = discover(
+            request.inp,
+            include=request.include,
+            exclude=request.exclude,
+            skip_dirs=[request.out],
+            include_hidden=request.include_hidden,
+        )
+        config = JobConfig(
+            method=request.method,
+            fractions=fractions,
+            in_root=root,
+            out_root=request.out,
+            reference=reference,
+            copies=request.copies,
+            low=request.low,
+            high=request.high,
+            per_channel=request.per_channel,
+            seed=seed,
+            write=request.write,
+            max_pixels=request.max_pixels,
+            skip_existing=request.skip_existing,
+        )
+        on_start(len(rels))
+        with interruptible():
+            outcome = run_files(rels, config, request.workers, on_result)
+        if outcome.interrupted is not None:
+            sweep_temporaries(request.out)
+        results = outcome.results
+        seconds = time.perf_counter() - clock
+        data = {
+            "format": LOG_FORMAT,
+            "format_version": LOG_VERSION,
+            "tool": "svdharm",
+            "tool_version": __version__,
+            "command": request.command,
+            "argv": list(request.argv or sys.argv),
+            "status": "completed" if outcome.interrupted is None else "interrupted",
+            "signal": None
+            if outcome.interrupted is None
+            else signal.Signals(outcome.interrupted).name,
+            "started": iso(started),
+            "finished": iso(utc_now()),
+            "seconds": round(seconds, 3),
+            "input": str(request.inp),
+            "output": str(request.out),
+            "parameters": _parameters(request, fractions),
+            "reference": ref_record,
+            "seed": seed,
+            "seed_given": request.seed is not None,
+            "counts": {
+                **{s: sum(r.status == s for r in results) for s in (OK, SKIPPED, FAILED)},
+                "not_processed": len(rels) - len(results),
+            },
+            "files": [file_record(r) for r in results],
+        }
+        log_path = write_log(data, request.out, request.command, request.log)
+    return RunSummary(
+        results,
+        seconds,
+        log_path,
+        seed,
+        request.seed is not None,
+        total=len(rels),
+        interrupted=outcome.interrupted,
     )
-    config = JobConfig(
-        method=request.method,
-        fractions=fractions,
-        in_root=root,
-        out_root=request.out,
-        reference=reference,
-        copies=request.copies,
-        low=request.low,
-        high=request.high,
-        per_channel=request.per_channel,
-        seed=seed,
-        write=request.write,
-        max_pixels=request.max_pixels,
-    )
-    request.out.mkdir(parents=True, exist_ok=True)
-    on_start(len(rels))
-    results = run_files(rels, config, request.workers, on_result)
-    seconds = time.perf_counter() - clock
-    data = {
-        "format": LOG_FORMAT,
-        "format_version": LOG_VERSION,
-        "tool": "svdharm",
-        "tool_version": __version__,
-        "command": request.command,
-        "argv": list(request.argv or sys.argv),
-        "started": iso(started),
-        "finished": iso(utc_now()),
-        "seconds": round(seconds, 3),
-        "input": str(request.inp),
-        "output": str(request.out),
-        "parameters": {
-            "method": request.method.value,
-            "fractions": list(fractions),
-            "copies": request.copies if request.method is not Method.HARMONIZE else 1,
-            "low": request.low if request.method is not Method.HARMONIZE else None,
-            "high": request.high if request.method is not Method.HARMONIZE else None,
-            "per_channel": request.per_channel,
-            "workers": request.workers,
-            "include": list(request.include),
-            "exclude": list(request.exclude),
-            "png_compression": request.write.png_compression,
-            "jpeg_quality": request.write.jpeg_quality,
-            "max_pixels": request.max_pixels,
-        },
-        "reference": ref_record,
-        "seed": seed,
-        "seed_given": request.seed is not None,
-        "counts": {s: sum(r.status == s for r in results) for s in (OK, SKIPPED, FAILED)},
-        "files": [file_record(r) for r in results],
+
+
+def _parameters(request: RunRequest, fractions: tuple[float, ...]) -> dict[str, Any]:
+    random = request.method is not Method.HARMONIZE
+    return {
+        "method": request.method.value,
+        "fractions": list(fractions),
+        "copies": request.copies if random else 1,
+        "low": request.low if random else None,
+        "high": request.high if random else None,
+        "per_channel": request.per_channel,
+        "workers": request.workers,
+        "include": list(request.include),
+        "exclude": list(request.exclude),
+        "include_hidden": request.include_hidden,
+        "skip_existing": request.skip_existing,
+        "png_compression": request.write.png_compression,
+        "jpeg_quality": request.write.jpeg_quality,
+        "max_pixels": request.max_pixels,
     }
-    log_path = write_log(data, request.out, request.command, request.log)
-    return RunSummary(results, seconds, log_path, seed, request.seed is not None)

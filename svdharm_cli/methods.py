@@ -176,7 +176,8 @@ def output_seed(base_seed: int, relative_path: str, copy_index: int) -> int:
     Independent of worker count and order (METHOD.md section 7). The result is a 63-bit
     integer so that it fits any JSON reader's integers exactly when logged.
     """
-    key = f"{base_seed}\x00{relative_path}\x00{copy_index}".encode()
+    # surrogateescape: a file name that is not UTF-8 contributes its raw bytes.
+    key = f"{base_seed}\x00{relative_path}\x00{copy_index}".encode("utf-8", "surrogateescape")
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1
 
 

@@ -1,0 +1,110 @@
+"""Guards for unattended runs: one run per output folder, signals, stale temporaries.
+
+- :class:`OutputLock` holds an exclusive ``flock`` on ``OUT/.svdharm.lock`` for the run. The
+  kernel drops it when the process ends, however it ends, so a crashed run never leaves OUT
+  blocked; a second concurrent run is refused with a clear message.
+- :func:`interruptible` turns SIGTERM (and SIGINT) into :class:`Interrupted`, so a run
+  stops dispatching, stops its workers, removes temporaries and still writes its log.
+- :func:`sweep_temporaries` removes temporaries left in OUT (by a worker stopped mid-write,
+  or by a run killed with SIGKILL); it is safe because the lock guarantees no other run is
+  writing there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+from svdharm_cli.atomic import TEMP_MARKER
+from svdharm_cli.errors import UsageError
+
+LOCK_NAME = ".svdharm.lock"
+
+
+class Interrupted(BaseException):
+    """The run was asked to stop by a signal; ``exit_code`` is 128 + the signal number.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` swallows it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+class OutputLock:
+    """Exclusive, crash-safe lock of an output folder for the duration of a run."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / LOCK_NAME
+        self._fd: int | None = None
+
+    def __enter__(self) -> OutputLock:
+        import fcntl
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot write to output folder {self.path.parent}: {exc.strerror or exc}"
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise UsageError(
+                    f"another svdharm run is writing to {self.path.parent}; wait for it to end",
+                    hint=f"the lock is {self.path}; it is released when that run's process ends",
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM raise :class:`Interrupted` in the main thread."""
+    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def ignore_signals_in_worker() -> None:
+    """Workers leave SIGINT to the parent (a terminal's Ctrl-C reaches the whole group);
+    the parent then ends them with SIGTERM, which keeps its default, immediate action."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def sweep_temporaries(out: Path) -> int:
+    """Remove svdharm temporaries under ``out``; return how many were removed."""
+    removed = 0
+    for dirpath, _, filenames in os.walk(out):
+        for name in filenames:
+            if name.startswith(".") and name.endswith(TEMP_MARKER):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+    return removed
