@@ -82,6 +82,8 @@ class Bands:
         ``(k_1, ..., k_n)``.
     transposed
         Whether ``x`` is the transpose of the channel given to :func:`decompose`.
+    mask
+        Optional boolean array like ``x``: statistics use only the True pixels.
     """
 
     x: np.ndarray
@@ -89,6 +91,7 @@ class Bands:
     v: np.ndarray
     ranks: tuple[int, ...]
     transposed: bool
+    mask: np.ndarray | None = None
 
     @property
     def n_components(self) -> int:
@@ -117,6 +120,8 @@ class Bands:
         means, stds
             float64 arrays of length ``n_components``, coarse to fine.
         """
+        if self.mask is not None:
+            return self._masked_stats(self.mask)
         size = self.x.size
         col_p = self.p.sum(axis=0)
         col_v = self.v.sum(axis=0)
@@ -138,6 +143,30 @@ class Bands:
         var[0] = base_sq / size
         var.append(res_sq / size)
         return np.asarray(means), np.sqrt(np.maximum(var, 0.0))
+
+    def _block_components(self, rows: slice) -> list[np.ndarray]:
+        parts = [self.p[rows, cols] @ self.v[:, cols].T for cols in self._column_slices()]
+        parts.append(self.x[rows] - sum(parts))
+        return parts
+
+    def _masked_stats(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Statistics over the True pixels of ``mask``: components formed in row blocks,
+        means first, then centred squares (two passes, for accuracy)."""
+        count = int(mask.sum())
+        n = self.n_components
+        if count == 0:
+            return np.zeros(n), np.zeros(n)
+        sums, squares = np.zeros(n), np.zeros(n)
+        blocks = [slice(s, s + _ROW_BLOCK) for s in range(0, self.x.shape[0], _ROW_BLOCK)]
+        for rows in blocks:
+            for i, comp in enumerate(self._block_components(rows)):
+                sums[i] += comp[mask[rows]].sum()
+        means = sums / count
+        for rows in blocks:
+            for i, comp in enumerate(self._block_components(rows)):
+                d = comp[mask[rows]] - means[i]
+                squares[i] += d @ d
+        return means, np.sqrt(squares / count)
 
     def combine(self, scales: Sequence[float] | np.ndarray, offset: float = 0.0) -> np.ndarray:
         """Return ``sum_i scales[i] * c_i + offset`` as float64, in the channel's orientation."""
@@ -167,6 +196,7 @@ class Bands:
 def decompose(
     channel: np.ndarray,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    mask: np.ndarray | None = None,
 ) -> Bands:
     """Split one channel into a base and bands (METHOD.md section 2).
 
@@ -177,6 +207,9 @@ def decompose(
         converted to float64 and never modified.
     fractions
         Increasing fractions in (0, 1); n fractions give n + 1 components.
+    mask
+        Optional boolean array of the channel's shape; only True pixels enter the
+        statistics (the decomposition itself uses every pixel).
 
     Returns
     -------
@@ -188,8 +221,15 @@ def decompose(
     if x.ndim != 2:
         raise ValueError(f"a channel must be 2-D, got shape {x.shape}")
     transposed = x.shape[1] > x.shape[0]
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != x.shape:
+            raise ValueError(f"mask shape {mask.shape} differs from the channel's {x.shape}")
+        if mask.all():
+            mask = None
     if transposed:
         x = x.T
+        mask = None if mask is None else mask.T
     w = x.shape[1]
     ranks = band_ranks(w, fr)
     k = ranks[-1]
@@ -198,4 +238,4 @@ def decompose(
     _, vecs = scipy.linalg.eigh(gram, driver="evd", overwrite_a=True, check_finite=False)
     v = np.ascontiguousarray(vecs[:, w - k :][:, ::-1])
     p = x @ v
-    return Bands(x=x, p=p, v=v, ranks=ranks, transposed=transposed)
+    return Bands(x=x, p=p, v=v, ranks=ranks, transposed=transposed, mask=mask)

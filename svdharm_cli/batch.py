@@ -30,6 +30,7 @@ from svdharm_cli.atomic import TEMP_MARKER, atomic_path
 from svdharm_cli.errors import ImageError, SkipImage, UsageError
 from svdharm_cli.formats import (
     DEFAULT_MAX_PIXELS,
+    OutputContext,
     WriteOptions,
     handler_for,
     read_image,
@@ -67,6 +68,7 @@ class JobConfig:
     write: WriteOptions = field(default_factory=WriteOptions)
     max_pixels: int = DEFAULT_MAX_PIXELS
     skip_existing: bool = False
+    provenance: str = ""
 
 
 @dataclass(frozen=True)
@@ -182,26 +184,28 @@ def process_file(rel: str, config: JobConfig) -> FileResult:
                 f"{src}: has {image.channel_count} colour channel(s) but the reference has "
                 f"{ref.channels}; use a reference fitted on images like this one"
             )
-        bands = decompose_channels(image.channels, config.fractions)
         reference = (ref.mean, ref.std) if ref is not None else None
+        coefficients = [
+            _coefficients(config, rel, j, image.channel_count) for j in range(len(planned))
+        ]
+        # Frames outer, copies inner: one decomposition per frame serves every copy.
+        news = [np.empty(image.frames.shape, dtype=np.float32) for _ in planned]
+        for f in range(image.frame_count):
+            mask = None if image.mask is None else image.mask[f]
+            bands = decompose_channels(image.frames[f], config.fractions, mask)
+            for new, coef in zip(news, coefficients):
+                new[f] = transform(bands, reference=reference, coefficients=coef)
         outputs = []
-        for j, out_rel in enumerate(planned):
-            seed = coefficients = None
-            if config.method is not Method.HARMONIZE:
-                assert config.seed is not None
-                seed = output_seed(config.seed, rel, j)
-                coefficients = draw_coefficients(
-                    seed,
-                    image.channel_count,
-                    len(config.fractions) + 1,
-                    config.low,
-                    config.high,
-                    per_channel=config.per_channel,
-                )
-            new = transform(bands, reference=reference, coefficients=coefficients)
+        for j, (out_rel, new, coef) in enumerate(zip(planned, news, coefficients)):
+            context = OutputContext(
+                description=config.provenance,
+                instance_key=f"{config.provenance}|{rel}|{j}",
+                series_key=f"{config.provenance}|{j}",
+            )
             with atomic_path(config.out_root / out_rel) as tmp:
-                write_image(image, new, tmp, config.write)
-            outputs.append(OutputRecord(out_rel, seed, _logged(coefficients, config.method)))
+                write_image(image, new, tmp, config.write, context)
+            seed = None if coef is None else output_seed(_seed(config), rel, j)
+            outputs.append(OutputRecord(out_rel, seed, _logged(coef, config.method)))
         return result(OK, None, outputs)
     except SkipImage as exc:
         return result(SKIPPED, exc.message)
@@ -214,6 +218,25 @@ def process_file(rel: str, config: JobConfig) -> FileResult:
     except OSError as exc:
         where = exc.filename or src
         return result(FAILED, f"{where}: {exc.strerror or exc}")
+
+
+def _seed(config: JobConfig) -> int:
+    assert config.seed is not None, "random methods need a base seed"
+    return config.seed
+
+
+def _coefficients(config: JobConfig, rel: str, copy: int, channels: int) -> np.ndarray | None:
+    """The coefficients of one output (shared by its frames), or None for harmonize."""
+    if config.method is Method.HARMONIZE:
+        return None
+    return draw_coefficients(
+        output_seed(_seed(config), rel, copy),
+        channels,
+        len(config.fractions) + 1,
+        config.low,
+        config.high,
+        per_channel=config.per_channel,
+    )
 
 
 def _check_inside(root: Path, target: Path) -> None:

@@ -93,10 +93,18 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def image_statistics(path: Path, fractions: Sequence[float], max_pixels: int) -> tuple[Any, Source]:
-    """Per-channel statistics of one image file, and its source record."""
+def image_statistics(
+    path: Path, fractions: Sequence[float], max_pixels: int
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], Source]:
+    """Per-channel statistics of each frame of one image file, and its source record.
+
+    Each frame of a multi-frame file counts as one image of the cohort.
+    """
     image = read_image(path, max_pixels)
-    stats = channel_statistics(image.channels, fractions)
+    stats = [
+        channel_statistics(frame, fractions, None if image.mask is None else image.mask[f])
+        for f, frame in enumerate(image.frames)
+    ]
     return stats, Source(str(path), sha256_file(path), image.shape)
 
 
@@ -132,12 +140,12 @@ def fit_reference(
             problems.append(res)
             on_result(res)
             continue
-        if stats and s[0].shape != stats[0][0].shape:
+        if stats and s[0][0].shape != stats[0][0].shape:
             raise UsageError(
-                f"{path} has {s[0].shape[0]} colour channel(s) but {sources[0].path} has "
+                f"{path} has {s[0][0].shape[0]} colour channel(s) but {sources[0].path} has "
                 f"{stats[0][0].shape[0]}: a reference cohort must be all gray or all RGB"
             )
-        stats.append(s)
+        stats.extend(s)
         sources.append(src)
         on_result(FileResult(str(path), OK, None, (), time.perf_counter() - start))
     if not stats:
@@ -172,7 +180,7 @@ def load_reference(
             stats, source = image_statistics(path, fractions or DEFAULT_FRACTIONS, max_pixels)
         except (ImageError, SkipImage) as exc:
             raise ReferenceFileError(f"reference image: {exc.message}") from exc
-        reference = Reference.fit([stats], fractions or DEFAULT_FRACTIONS, [source])
+        reference = Reference.fit(stats, fractions or DEFAULT_FRACTIONS, [source])
         kind = "image"
     record = {
         "path": str(path),
@@ -231,6 +239,7 @@ def run(
             write=request.write,
             max_pixels=request.max_pixels,
             skip_existing=request.skip_existing,
+            provenance=_provenance(request.method, fractions, request, seed, ref_record),
         )
         on_start(len(rels))
         with interruptible():
@@ -275,6 +284,24 @@ def run(
         total=len(rels),
         interrupted=outcome.interrupted,
     )
+
+
+def _provenance(
+    method: Method,
+    fractions: tuple[float, ...],
+    request: RunRequest,
+    seed: int | None,
+    ref_record: dict[str, Any] | None,
+) -> str:
+    """One line naming the tool, the method and its parameters (DICOM Derivation Description)."""
+    parts = [f"svdharm {__version__}", f"SVD band {method.value}", f"fractions={list(fractions)}"]
+    if ref_record is not None:
+        parts.append(f"reference sha256={ref_record['sha256']}")
+    if method is not Method.HARMONIZE:
+        parts.append(f"coefficients~U[{request.low},{request.high}]")
+        parts.append(f"per_channel={request.per_channel}")
+        parts.append(f"seed={seed}")
+    return "; ".join(parts)
 
 
 def _parameters(request: RunRequest, fractions: tuple[float, ...]) -> dict[str, Any]:

@@ -39,15 +39,21 @@ class Method(str, Enum):
 
 
 def decompose_channels(
-    channels: np.ndarray, fractions: Sequence[float] = DEFAULT_FRACTIONS
+    channels: np.ndarray,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    mask: np.ndarray | None = None,
 ) -> list[Bands]:
-    """Decompose each channel of ``(c, h, w)`` once, for reuse by several transforms."""
-    return [decompose(ch, fractions) for ch in _as_channels(channels)]
+    """Decompose each channel of ``(c, h, w)`` once, for reuse by several transforms.
+
+    ``mask`` (``(h, w)`` bool, optional) limits the statistics to its True pixels.
+    """
+    return [decompose(ch, fractions, mask) for ch in _as_channels(channels)]
 
 
 def channel_statistics(
     channels: np.ndarray,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel, per-component mean and population std (METHOD.md section 3).
 
@@ -56,7 +62,7 @@ def channel_statistics(
     means, stds
         float64 arrays of shape ``(c, n_components)``.
     """
-    stats = [b.stats for b in decompose_channels(channels, fractions)]
+    stats = [b.stats for b in decompose_channels(channels, fractions, mask)]
     return np.stack([m for m, _ in stats]), np.stack([s for _, s in stats])
 
 

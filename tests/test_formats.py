@@ -19,7 +19,7 @@ RNG = np.random.default_rng(7)
 def _roundtrip(path: Path, tmp_path: Path) -> tuple[np.ndarray, np.ndarray]:
     image = read_image(path)
     out = tmp_path / ("out" + path.suffix)
-    write_image(image, image.channels, out, WriteOptions())
+    write_image(image, image.frames, out, WriteOptions())
     return load(path), load(out)
 
 
@@ -66,7 +66,7 @@ def test_16bit_colour_png_keeps_16_bits(
     # Values below 256 prove the low byte was kept (Pillow would have dropped it).
     np.testing.assert_allclose(image.channels[0] * 65535, arr[:, :, 0], atol=1e-6)
     out = tmp_path / "out.png"
-    write_image(image, image.channels, out, WriteOptions())
+    write_image(image, image.frames, out, WriteOptions())
     with open(out, "rb") as f:
         _, _, rows, info = png.Reader(file=f).asDirect()
         written = np.vstack([np.asarray(r) for r in rows]).reshape(arr.shape)
@@ -97,7 +97,7 @@ def test_icc_profile_and_dpi_kept(tmp_path: Path) -> None:
     )
     image = read_image(path)
     out = tmp_path / "out.png"
-    write_image(image, image.channels, out, WriteOptions())
+    write_image(image, image.frames, out, WriteOptions())
     with Image.open(out) as im:
         assert im.info.get("icc_profile") == icc
         assert round(im.info["dpi"][0]) == 300

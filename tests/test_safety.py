@@ -242,7 +242,7 @@ def test_disk_full_removes_partial_output_and_keeps_earlier(tmp_path: Path, monk
     assert process_file("a.png", config).status == OK
     earlier = (out / "a_aug0.png").read_bytes()
 
-    def full_disk(image, channels, path, options) -> None:
+    def full_disk(image, frames, path, options, context) -> None:
         Path(path).write_bytes(b"partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 

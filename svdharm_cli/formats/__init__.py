@@ -3,9 +3,10 @@
 Each format module provides a :class:`FormatHandler`: ``can_read(path, head)`` says whether
 it takes a file (by name or by its first bytes), ``read(path, max_pixels)`` returns an
 :class:`Image` whose channels are in normalized units (METHOD.md section 1), and
-``write(image, channels, path, options)`` writes new channels back in the input's format,
-bit depth and channel layout. Formats never do the method's math; the method never opens a
-file. Adding a format is adding a module and listing its handler in :data:`HANDLERS`.
+``write(image, frames, path, options, context)`` writes new pixels back in the input's
+format, bit depth, frame count and channel layout. Formats never do the method's math; the
+method never opens a file. Adding a format is adding a module and listing its handler in
+``_handlers``.
 """
 
 from __future__ import annotations
@@ -40,13 +41,35 @@ class WriteOptions:
 
 
 @dataclass(frozen=True)
-class Image:
-    """One decoded image.
+class OutputContext:
+    """What one output is, for formats that record provenance (DICOM); others ignore it.
 
     Attributes
     ----------
-    channels
-        float64 array ``(c, h, w)`` in normalized units: stored value / ``2**bits - 1``.
+    description
+        Human-readable method and parameters (e.g. DICOM Derivation Description).
+    instance_key
+        Unique to this output (method, parameters, input, copy): new instance UIDs derive
+        from it deterministically, so reruns give byte-identical files.
+    series_key
+        Shared by the outputs of one run and copy index: new series UIDs derive from it
+        and the source series.
+    """
+
+    description: str = ""
+    instance_key: str = ""
+    series_key: str = ""
+
+
+@dataclass(frozen=True)
+class Image:
+    """One decoded image, possibly of several frames.
+
+    Attributes
+    ----------
+    frames
+        float64 array ``(f, c, h, w)`` in normalized units (METHOD.md section 1); each frame
+        is processed as its own 2-D image. PNG and JPEG have one frame.
     alpha
         The alpha channel as stored (``(h, w)``), carried through untouched; or None.
     bits
@@ -54,24 +77,39 @@ class Image:
     format
         The handler's name, e.g. ``"png"``.
     meta
-        Format-private details the writer needs (ICC profile, resolution, ...). Never logged.
+        Format-private details the writer needs (ICC profile, resolution, the DICOM
+        dataset, ...). Never logged.
+    mask
+        Optional boolean ``(f, h, w)``: False marks pixels excluded from the statistics and
+        written back unchanged (DICOM Pixel Padding Value).
     """
 
-    channels: np.ndarray
+    frames: np.ndarray
     alpha: np.ndarray | None
     bits: int
     format: str
     meta: Mapping[str, Any] = field(default_factory=dict)
+    mask: np.ndarray | None = None
+
+    @property
+    def channels(self) -> np.ndarray:
+        """The first frame, ``(c, h, w)``."""
+        return self.frames[0]
 
     @property
     def channel_count(self) -> int:
-        return int(self.channels.shape[0])
+        return int(self.frames.shape[1])
+
+    @property
+    def frame_count(self) -> int:
+        return int(self.frames.shape[0])
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """``(h, w)`` for one channel, ``(h, w, c)`` for several (alpha not counted)."""
-        c, h, w = self.channels.shape
-        return (h, w) if c == 1 else (h, w, c)
+        """``(h, w)`` or ``(h, w, c)``, preceded by the frame count when there are several."""
+        f, c, h, w = self.frames.shape
+        plane = (h, w) if c == 1 else (h, w, c)
+        return plane if f == 1 else (f, *plane)
 
 
 class FormatHandler(Protocol):
@@ -90,8 +128,15 @@ class FormatHandler(Protocol):
         """Decode ``path``; raise :class:`ImageError` (or :class:`SkipImage`) when it can't."""
         ...
 
-    def write(self, image: Image, channels: np.ndarray, path: Path, options: WriteOptions) -> None:
-        """Write ``channels`` (normalized, shaped like ``image.channels``) in image's format."""
+    def write(
+        self,
+        image: Image,
+        frames: np.ndarray,
+        path: Path,
+        options: WriteOptions,
+        context: OutputContext,
+    ) -> None:
+        """Write ``frames`` (normalized, shaped like ``image.frames``) in image's format."""
         ...
 
 
@@ -99,9 +144,10 @@ HEAD_BYTES = 132
 
 
 def _handlers() -> tuple[FormatHandler, ...]:
+    from svdharm_cli.formats.dicom import DICOM
     from svdharm_cli.formats.raster import JPEG, PNG
 
-    return (PNG, JPEG)
+    return (PNG, JPEG, DICOM)
 
 
 def handler_for(path: Path) -> FormatHandler | None:
@@ -132,9 +178,15 @@ def handler_named(name: str) -> FormatHandler:
     raise KeyError(name)
 
 
-def write_image(image: Image, channels: np.ndarray, path: Path, options: WriteOptions) -> None:
-    """Write new channels for ``image`` to ``path`` in the image's own format."""
-    handler_named(image.format).write(image, channels, path, options)
+def write_image(
+    image: Image,
+    frames: np.ndarray,
+    path: Path,
+    options: WriteOptions,
+    context: OutputContext | None = None,
+) -> None:
+    """Write new pixels ``(f, c, h, w)`` for ``image`` to ``path`` in the image's own format."""
+    handler_named(image.format).write(image, frames, path, options, context or OutputContext())
 
 
 def normalize(stored: np.ndarray, bits: int) -> np.ndarray:

@@ -27,6 +27,7 @@ from svdharm_cli.errors import ImageError
 from svdharm_cli.formats import (
     DEFAULT_MAX_PIXELS,
     Image,
+    OutputContext,
     WriteOptions,
     check_pixels,
     denormalize,
@@ -105,9 +106,16 @@ class _PillowFormat:
         kept = {k: meta[k] for k in _KEPT_META if k in meta}
         return _make_image(pixels, bits, has_alpha, self.name, kept)
 
-    def write(self, image: Image, channels: np.ndarray, path: Path, options: WriteOptions) -> None:
+    def write(
+        self,
+        image: Image,
+        frames: np.ndarray,
+        path: Path,
+        options: WriteOptions,
+        context: OutputContext,
+    ) -> None:
         dtype = np.uint16 if image.bits == 16 else np.uint8
-        pixels = _interleave(denormalize(channels, image.bits, dtype), image.alpha)
+        pixels = _interleave(denormalize(frames[0], image.bits, dtype), image.alpha)
         if image.bits == 16 and pixels.ndim == 3:
             _write_pypng(pixels, path, options)
             return
@@ -149,7 +157,7 @@ def _make_image(
     alpha = pixels[:, :, -1].copy() if has_alpha else None
     colour = pixels[:, :, :-1] if has_alpha else pixels
     channels = normalize(np.moveaxis(colour, 2, 0), bits)
-    return Image(channels=channels, alpha=alpha, bits=bits, format=fmt, meta=meta)
+    return Image(frames=channels[None], alpha=alpha, bits=bits, format=fmt, meta=meta)
 
 
 def _interleave(stored: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:

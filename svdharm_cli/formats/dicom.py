@@ -1,0 +1,392 @@
+"""DICOM through pydicom and its pylibjpeg plugins: read any common encoding, write a correct
+derived object.
+
+Reading
+-------
+Files are taken by extension (``.dcm``, ``.dicom``, any case) or by the ``DICM`` marker at
+byte 128. JPEG (baseline, extended, lossless), JPEG-LS, JPEG 2000 and RLE decode through
+the pylibjpeg plugins and pyjpegls; big-endian and implicit-VR files through pydicom.
+MONOCHROME1/2 (unsigned or signed, BitsStored up to 16), RGB and YBR_* (decoded to RGB) are
+processed; every frame of a multi-frame object is processed as its own 2-D image. Values are
+normalized by the BitsStored range (signed data mapped from ``[-2**(b-1), 2**(b-1)-1]``);
+MONOCHROME1 is inverted for processing and back after. Pixels equal to Pixel Padding Value
+(or in its range with Pixel Padding Range Limit) are left out of the statistics and
+written back unchanged.
+
+Skipped with a reason: no pixel data (SR, RT Plan, RT Structure Set, waveforms, DICOMDIR),
+PALETTE COLOR (values are indices), 1-bit data (segmentation labels), data of more than 16
+bits allocated and RT Dose grids (not intensities).
+
+Writing
+-------
+Uncompressed Explicit VR Little Endian with preamble and ``DICM``; the input's shape, frame
+count, BitsAllocated/Stored, HighBit and PixelRepresentation; every attribute kept except:
+
+- new SOP Instance UID (also in the file meta) and a new Series Instance UID shared by the
+  outputs of one source series in a run, both derived deterministically from the source
+  UIDs and the run's parameters (copy index included), so reruns are byte-identical;
+- ImageType values 1-2 become DERIVED\\SECONDARY; a Derivation Description names svdharm,
+  the method and its parameters; a Source Image Sequence references the input (code 121322);
+  a Contributing Equipment Sequence item names svdharm and its version; svdharm's
+  implementation UID and name go in the file meta;
+- Lossy Image Compression stays ``01``, and becomes ``01`` when the input came in a lossy
+  transfer syntax (with the method added if it was missing);
+- Window Center/Width (also in enhanced functional groups) are set by one rule: the window
+  spans the output's stored-value range (padding excluded), through Rescale Slope and
+  Intercept; VOI LUT Sequence, Smallest/Largest Pixel Values and icon images are removed;
+- photometric interpretation is what the pixels are: RGB with Planar Configuration 0 for
+  decoded YBR input, MONOCHROME1 kept as MONOCHROME1.
+
+No header value is ever put in a message or log: messages name the file and the problem.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from svdharm_cli import __version__
+from svdharm_cli.errors import ImageError, SkipImage
+from svdharm_cli.formats import (
+    DEFAULT_MAX_PIXELS,
+    HEAD_BYTES,
+    Image,
+    OutputContext,
+    WriteOptions,
+    check_pixels,
+)
+
+SUFFIXES = (".dcm", ".dicom")
+RT_DOSE = "1.2.840.10008.5.1.4.1.1.481.2"
+IMPLEMENTATION_CLASS_UID = "2.25.216944208127474350906377604787433938179"
+IMPLEMENTATION_VERSION_NAME = "SVDHARM_" + __version__.replace(".", "")[:8]
+SOURCE_IMAGE_CODE = ("121322", "DCM", "Source image for image processing operation")
+MODIFYING_EQUIPMENT_CODE = ("109103", "DCM", "Modifying Equipment")
+LOSSY_SYNTAXES = {
+    "1.2.840.10008.1.2.4.50": "ISO_10918_1",  # JPEG baseline
+    "1.2.840.10008.1.2.4.51": "ISO_10918_1",  # JPEG extended
+    "1.2.840.10008.1.2.4.81": "ISO_14495_1",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.91": "ISO_15444_1",  # JPEG 2000
+    "1.2.840.10008.1.2.4.93": "ISO_15444_2",  # JPEG 2000 part 2
+    "1.2.840.10008.1.2.4.203": "ISO_15444_15",  # HTJ2K
+}
+PROCESSED = {
+    "MONOCHROME1",
+    "MONOCHROME2",
+    "RGB",
+    "YBR_FULL",
+    "YBR_FULL_422",
+    "YBR_ICT",
+    "YBR_RCT",
+    "YBR_PARTIAL_420",
+}
+STALE = (
+    "VOILUTSequence",
+    "SmallestImagePixelValue",
+    "LargestImagePixelValue",
+    "SmallestPixelValueInSeries",
+    "LargestPixelValueInSeries",
+    "IconImageSequence",
+    "WindowCenterWidthExplanation",
+)
+
+
+class _Dicom:
+    name = "dicom"
+
+    def can_read(self, path: Path, head: bytes) -> bool:
+        return path.suffix.lower() in SUFFIXES or head[128:132] == b"DICM"
+
+    def read(self, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
+        ds = _dataset(path)
+        rows, cols, frames, samples = _geometry(path, ds)
+        check_pixels(path, cols, rows * frames, max_pixels)
+        stored = _decode(path, ds).reshape(frames, rows, cols, samples)
+        bits, signed = int(ds.BitsStored), int(ds.get("PixelRepresentation", 0)) == 1
+        pi = str(ds.PhotometricInterpretation)
+        norm = _normalize(stored, bits, signed)
+        if pi == "MONOCHROME1":
+            norm = 1.0 - norm
+        mask = _padding_mask(ds, stored) if samples == 1 else None
+        tsyntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+        del ds.PixelData  # decoded; keeps the per-output copies of the header small
+        meta: dict[str, Any] = {
+            "dataset": ds,
+            "signed": signed,
+            "dtype": stored.dtype,
+            "lossy_syntax": LOSSY_SYNTAXES.get(tsyntax),
+            "padding": None if mask is None else stored[..., 0][~mask],
+        }
+        return Image(
+            frames=np.moveaxis(norm, 3, 1),
+            alpha=None,
+            bits=bits,
+            format=self.name,
+            meta=meta,
+            mask=mask,
+        )
+
+    def write(
+        self,
+        image: Image,
+        frames: np.ndarray,
+        path: Path,
+        options: WriteOptions,
+        context: OutputContext,
+    ) -> None:
+        import pydicom
+        from pydicom.uid import ExplicitVRLittleEndian
+
+        src = image.meta["dataset"]
+        ds = copy.deepcopy(src)
+        pi = str(src.PhotometricInterpretation)
+        stored = _denormalize(np.moveaxis(frames, 1, 3), image, pi == "MONOCHROME1")
+        if image.mask is not None:
+            stored[..., 0][~image.mask] = image.meta["padding"]
+        out_pi = pi if pi.startswith("MONOCHROME") or pi == "RGB" else "RGB"
+        _ensure_file_meta(ds)
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        had_frames = "NumberOfFrames" in src
+        arr = stored[..., 0] if stored.shape[-1] == 1 else stored
+        ds.set_pixel_data(
+            arr if image.frame_count > 1 else arr[0],
+            out_pi,
+            int(src.BitsStored),
+            generate_instance_uid=False,
+        )
+        if had_frames:
+            ds.NumberOfFrames = image.frame_count
+        _identity(ds, src, context)
+        _provenance(ds, src, context, image.meta["lossy_syntax"])
+        _fix_stale(ds, stored, image.mask, out_pi)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # Explicit encoding also converts big-endian and implicit-VR sources.
+            pydicom.dcmwrite(
+                path, ds, enforce_file_format=True, implicit_vr=False, little_endian=True
+            )
+
+
+DICOM = _Dicom()
+
+
+def _dataset(path: Path) -> Any:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEAD_BYTES)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot open: {exc.strerror or exc}") from exc
+    marked = head[128:132] == b"DICM"
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(path, force=not marked)
+    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
+        raise ImageError(f"{path}: malformed DICOM header: {_first_line(exc)}") from exc
+    if len(ds) == 0:
+        cause = _first_line(caught[0].message) if caught else "no data set after the file meta"
+        raise ImageError(f"{path}: truncated or malformed DICOM file: {cause}")
+    if not marked and "SOPClassUID" not in ds and "PixelData" not in ds:
+        raise ImageError(f"{path}: not a valid DICOM file")
+    return ds
+
+
+def _geometry(path: Path, ds: Any) -> tuple[int, int, int, int]:
+    """Rows, columns, frames, samples; skip what holds no intensities."""
+    from pydicom.uid import UID
+
+    sop = str(ds.get("SOPClassUID", ""))
+    if "PixelData" not in ds:
+        floats = "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
+        kind = "floating-point pixel data" if floats else "no pixel data"
+        what = UID(sop).name if sop else "no SOP class"
+        raise SkipImage(f"{path}: {kind} ({what})")
+    if sop == RT_DOSE:
+        raise SkipImage(f"{path}: RT Dose grid (dose values, not intensities)")
+    try:
+        pi = str(ds.PhotometricInterpretation)
+        allocated, stored_bits = int(ds.BitsAllocated), int(ds.BitsStored)
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel", 1))
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except AttributeError as exc:
+        missing = getattr(exc, "name", None) or "a required image attribute"
+        raise ImageError(f"{path}: missing {missing}") from exc
+    except (ValueError, TypeError) as exc:
+        raise ImageError(f"{path}: malformed image attributes: {_first_line(exc)}") from exc
+    if pi == "PALETTE COLOR":
+        raise SkipImage(f"{path}: PALETTE COLOR (pixel values are colour-table indices)")
+    if allocated == 1:
+        raise SkipImage(f"{path}: 1-bit data (segmentation labels, not intensities)")
+    if allocated > 16:
+        raise SkipImage(f"{path}: {allocated}-bit data (not supported; up to 16 bits)")
+    if pi not in PROCESSED:
+        raise ImageError(f"{path}: unsupported photometric interpretation {pi}")
+    if not 1 <= stored_bits <= allocated or samples not in (1, 3) or frames < 1:
+        raise ImageError(f"{path}: inconsistent image attributes (bits, samples or frames)")
+    return rows, cols, frames, samples
+
+
+def _decode(path: Path, ds: Any) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = ds.pixel_array
+    except (
+        ValueError,
+        RuntimeError,
+        NotImplementedError,
+        AttributeError,
+        TypeError,
+        KeyError,
+    ) as exc:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", "unknown transfer syntax")
+        raise ImageError(f"{path}: cannot decode pixel data ({name}): {_message(exc)}") from exc
+    return np.asarray(arr)
+
+
+def _normalize(stored: np.ndarray, bits: int, signed: bool) -> np.ndarray:
+    top = float(2**bits - 1)
+    values = stored.astype(np.float64)
+    if signed:
+        values += 2 ** (bits - 1)
+    return np.clip(values / top, 0.0, 1.0)
+
+
+def _denormalize(frames: np.ndarray, image: Image, monochrome1: bool) -> np.ndarray:
+    bits = image.bits
+    x = np.clip(frames.astype(np.float64), 0.0, 1.0)
+    if monochrome1:
+        x = 1.0 - x
+    values = np.rint(x * (2**bits - 1))
+    if image.meta["signed"]:
+        values -= 2 ** (bits - 1)
+    return values.astype(image.meta["dtype"])
+
+
+def _padding_mask(ds: Any, stored: np.ndarray) -> np.ndarray | None:
+    """True where a pixel is an intensity, False where it equals the padding value."""
+    if "PixelPaddingValue" not in ds:
+        return None
+    plane = stored[..., 0].astype(np.int64)
+    value = int(ds.PixelPaddingValue)
+    limit = ds.get("PixelPaddingRangeLimit")
+    if limit is None:
+        padded = plane == value
+    else:
+        lo, hi = sorted((value, int(limit)))
+        padded = (plane >= lo) & (plane <= hi)
+    return None if not padded.any() else ~padded
+
+
+def _ensure_file_meta(ds: Any) -> None:
+    from pydicom.dataset import FileMetaDataset
+
+    if not hasattr(ds, "file_meta") or ds.file_meta is None:
+        ds.file_meta = FileMetaDataset()
+    ds.file_meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+
+
+def _identity(ds: Any, src: Any, context: OutputContext) -> None:
+    from pydicom.uid import generate_uid
+
+    source_uid = str(src.get("SOPInstanceUID", ""))
+    source_series = str(src.get("SeriesInstanceUID", ""))
+    sop_uid = generate_uid(prefix=None, entropy_srcs=[context.instance_key, source_uid])
+    ds.SOPInstanceUID = sop_uid
+    ds.SeriesInstanceUID = generate_uid(
+        prefix=None, entropy_srcs=[context.series_key, source_series]
+    )
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    if "SOPClassUID" in src:
+        ds.file_meta.MediaStorageSOPClassUID = src.SOPClassUID
+
+
+def _code(value: tuple[str, str, str]) -> Any:
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value
+    return item
+
+
+def _provenance(ds: Any, src: Any, context: OutputContext, lossy_syntax: str | None) -> None:
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    image_type = list(src.get("ImageType", []) or [])
+    ds.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]
+    ds.DerivationDescription = context.description[:1024]
+    ref = Dataset()
+    if "SOPClassUID" in src:
+        ref.ReferencedSOPClassUID = src.SOPClassUID
+    if "SOPInstanceUID" in src:
+        ref.ReferencedSOPInstanceUID = src.SOPInstanceUID
+    ref.PurposeOfReferenceCodeSequence = Sequence([_code(SOURCE_IMAGE_CODE)])
+    ds.SourceImageSequence = Sequence([ref])
+    equipment = Dataset()
+    equipment.Manufacturer = "svdharm"
+    equipment.SoftwareVersions = __version__
+    equipment.ContributionDescription = context.description[:1024]
+    equipment.PurposeOfReferenceCodeSequence = Sequence([_code(MODIFYING_EQUIPMENT_CODE)])
+    previous = list(src.get("ContributingEquipmentSequence", []) or [])
+    ds.ContributingEquipmentSequence = Sequence([*copy.deepcopy(previous), equipment])
+    if src.get("LossyImageCompression") == "01" or lossy_syntax:
+        ds.LossyImageCompression = "01"
+        if lossy_syntax and "LossyImageCompressionMethod" not in src:
+            ds.LossyImageCompressionMethod = lossy_syntax
+
+
+def _fix_stale(ds: Any, stored: np.ndarray, mask: np.ndarray | None, pi: str) -> None:
+    """Recompute or remove what the new intensities make wrong."""
+    for keyword in STALE:
+        if keyword in ds:
+            delattr(ds, keyword)
+    if not pi.startswith("MONOCHROME"):
+        for keyword in ("WindowCenter", "WindowWidth"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        return
+    values = stored[..., 0] if mask is None else stored[..., 0][mask]
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    center = _ds_value(intercept + slope * (lo + hi) / 2)
+    width = _ds_value(max(1.0, abs(slope) * (hi - lo) + 1))
+    ds.WindowCenter, ds.WindowWidth = center, width
+    for group in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        for item in ds.get(group, []) or []:
+            for voi in item.get("FrameVOILUTSequence", []) or []:
+                voi.WindowCenter, voi.WindowWidth = center, width
+                if "WindowCenterWidthExplanation" in voi:
+                    del voi.WindowCenterWidthExplanation
+            # Stale per-frame LUTs would override the new window.
+            if "FrameVOILUTSequence" in item:
+                for voi in item.FrameVOILUTSequence:
+                    if "VOILUTSequence" in voi:
+                        del voi.VOILUTSequence
+
+
+def _ds_value(x: float) -> str:
+    """A Decimal String of at most 16 characters."""
+    text = f"{x:.6g}"
+    return text if len(text) <= 16 else f"{x:.8e}"
+
+
+def _first_line(exc: BaseException | Warning | str) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _message(exc: BaseException) -> str:
+    """pydicom's decoder message, joined on one line (it names missing plugins)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join(lines) or type(exc).__name__
