@@ -87,6 +87,44 @@ def save(arr: np.ndarray, path: Path, bits: int = 8) -> None:
         Image.fromarray(stored).save(path, optimize=True)
 
 
+def save_dicom(arr: np.ndarray, path: Path, site: str, monochrome1: bool = False) -> None:
+    """A synthetic DICOM object: 12-bit MONOCHROME1 radiograph or 8-bit RGB photograph.
+
+    Every identifier is made up and derived from the file name (no real patient data).
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import (
+        ComputedRadiographyImageStorage,
+        ExplicitVRLittleEndian,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = (
+        ComputedRadiographyImageStorage if monochrome1 else SecondaryCaptureImageStorage
+    )
+    ds.SOPInstanceUID = generate_uid(entropy_srcs=[path.name])
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=["sample study", site])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["sample series", site, path.suffix])
+    ds.PatientName = "Synthetic^Phantom"
+    ds.PatientID = f"PHANTOM-{site.upper()}"
+    ds.Modality = "CR" if monochrome1 else "OT"
+    ds.Manufacturer = f"Simulated {site}"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    if monochrome1:
+        stored = np.rint((1.0 - arr) * 4095).astype(np.uint16)  # MONOCHROME1: high = dark
+        ds.set_pixel_data(stored, "MONOCHROME1", 12, generate_instance_uid=False)
+        ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    else:
+        stored = np.rint(arr * 255).astype(np.uint8)
+        ds.set_pixel_data(stored, "RGB", 8, generate_instance_uid=False)
+    ds.save_as(path, enforce_file_format=True)
+
+
 def main(outdir: Path) -> None:
     for s, site in enumerate(SITES):
         for i in range(2):
@@ -109,6 +147,19 @@ def main(outdir: Path) -> None:
             acquire(radiograph(rng), site, rng),
             outdir / "radiograph" / site / f"chest_{letter}3_16bit.png",
             bits=16,
+        )
+        rng = np.random.default_rng(1000 * s + 11)
+        save_dicom(
+            acquire(radiograph(rng), site, rng),
+            outdir / "radiograph" / site / f"chest_{letter}4_mono1_12bit.dcm",
+            site,
+            monochrome1=True,
+        )
+        rng = np.random.default_rng(1000 * s + 13)
+        save_dicom(
+            acquire(fundus(rng), site, rng),
+            outdir / "fundus" / site / f"fundus_{letter}3_rgb.dcm",
+            site,
         )
 
 

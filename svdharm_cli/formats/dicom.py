@@ -43,6 +43,7 @@ No header value is ever put in a message or log: messages name the file and the 
 from __future__ import annotations
 
 import copy
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ from svdharm_cli.formats import (
 SUFFIXES = (".dcm", ".dicom")
 RT_DOSE = "1.2.840.10008.5.1.4.1.1.481.2"
 IMPLEMENTATION_CLASS_UID = "2.25.216944208127474350906377604787433938179"
+_UID_NAMESPACE = uuid.UUID(int=int(IMPLEMENTATION_CLASS_UID.split(".")[-1]))
 IMPLEMENTATION_VERSION_NAME = "SVDHARM_" + __version__.replace(".", "")[:8]
 SOURCE_IMAGE_CODE = ("121322", "DCM", "Source image for image processing operation")
 MODIFYING_EQUIPMENT_CODE = ("109103", "DCM", "Modifying Equipment")
@@ -163,12 +165,18 @@ class _Dicom:
         _identity(ds, src, context)
         _provenance(ds, src, context, image.meta["lossy_syntax"])
         _fix_stale(ds, stored, image.mask, out_pi)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            # Explicit encoding also converts big-endian and implicit-VR sources.
-            pydicom.dcmwrite(
-                path, ds, enforce_file_format=True, implicit_vr=False, little_endian=True
-            )
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                # Explicit encoding also converts big-endian and implicit-VR sources.
+                pydicom.dcmwrite(
+                    path, ds, enforce_file_format=True, implicit_vr=False, little_endian=True
+                )
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            raise ImageError(
+                f"{path}: cannot write the derived DICOM (a source attribute cannot be "
+                f"encoded): {_first_line(exc)}"
+            ) from exc
 
 
 DICOM = _Dicom()
@@ -195,6 +203,15 @@ def _dataset(path: Path) -> Any:
         raise ImageError(f"{path}: truncated or malformed DICOM file: {cause}")
     if not marked and "SOPClassUID" not in ds and "PixelData" not in ds:
         raise ImageError(f"{path}: not a valid DICOM file")
+    try:
+        # Convert every element now (each gets its VR), so copies of the header can be
+        # written in explicit VR and malformed values are found while reading.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in ds.iterall():
+                pass
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        raise ImageError(f"{path}: malformed DICOM header: {_first_line(exc)}") from exc
     return ds
 
 
@@ -296,16 +313,18 @@ def _ensure_file_meta(ds: Any) -> None:
     ds.file_meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
 
 
-def _identity(ds: Any, src: Any, context: OutputContext) -> None:
-    from pydicom.uid import generate_uid
+def derived_uid(*parts: str) -> str:
+    """A UID under the ``2.25`` root from a name-based (SHA-1, version 5) UUID of ``parts``:
+    the same parts always give the same UID, so reruns write byte-identical files."""
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, chr(0).join(parts)).int}"
 
+
+def _identity(ds: Any, src: Any, context: OutputContext) -> None:
     source_uid = str(src.get("SOPInstanceUID", ""))
     source_series = str(src.get("SeriesInstanceUID", ""))
-    sop_uid = generate_uid(prefix=None, entropy_srcs=[context.instance_key, source_uid])
+    sop_uid = derived_uid("instance", context.instance_key, source_uid)
     ds.SOPInstanceUID = sop_uid
-    ds.SeriesInstanceUID = generate_uid(
-        prefix=None, entropy_srcs=[context.series_key, source_series]
-    )
+    ds.SeriesInstanceUID = derived_uid("series", context.series_key, source_series)
     ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
     if "SOPClassUID" in src:
         ds.file_meta.MediaStorageSOPClassUID = src.SOPClassUID
