@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.svdharm-installed
 SVDHARM := $(BIN)/svdharm
 
-.PHONY: install demo test lint bench samples clean
+.PHONY: install demo test lint samples screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,11 @@ demo: install
 	$(SVDHARM) fit-reference sample_images/fundus/site_a -o out/fundus-reference.json
 	$(SVDHARM) fit-reference sample_images/radiograph/site_a -o out/radiograph-reference.json
 	$(SVDHARM) harmonize sample_images/fundus out/harmonized/fundus --reference out/fundus-reference.json
-	$(SVDHARM) harmonize sample_images/radiograph out/harmonized/radiograph --reference out/radiograph-reference.json
-	$(SVDHARM) augment sample_images out/augmented --copies 3 --seed 42
+	$(SVDHARM) harmonize sample_images/radiograph out/harmonized/radiograph --reference out/radiograph-reference.json --report
+	$(SVDHARM) augment sample_images out/augmented --copies 3 --seed 42 --report
 	$(SVDHARM) augment sample_images/radiograph out/harmonized-augmented --copies 2 --seed 42 --reference out/radiograph-reference.json
-	@echo "demo outputs are in out/"
+	$(SVDHARM) bands sample_images/fundus/site_b/fundus_b0.png -o out/fundus_b0_bands.png
+	@echo "demo outputs are in out/ (HTML reports next to each run's log)"
 
 test: install
 	$(BIN)/python -m pytest
@@ -35,6 +36,13 @@ lint: install
 
 samples: install
 	$(BIN)/python scripts/make_sample_images.py
+
+# Refresh the pictures in docs/ from a demo run (needs chromium).
+screenshots: demo
+	$(BIN)/python -c "from PIL import Image; Image.open('out/fundus_b0_bands.png').save('docs/bands-panel.jpg', quality=85)"
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --disable-background-networking \
+	  --window-size=1200,2400 --screenshot=docs/report-demo.png \
+	  "file://$(CURDIR)/$$(ls out/harmonized/radiograph/*.html | head -1)"
 
 clean:
 	rm -rf out $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -104,6 +104,7 @@ SkipExisting = Annotated[
 IncludeHidden = Annotated[
     bool, typer.Option(help="Also process hidden files and folders (names starting with '.').")
 ]
+Report = Annotated[bool, typer.Option(help="Also write the HTML QA report next to the log.")]
 MaxPixels = Annotated[
     int, typer.Option(min=1, help="Refuse images with more pixels than this (before decoding).")
 ]
@@ -167,12 +168,14 @@ def harmonize(
     max_pixels: MaxPixels = 100_000_000,
     skip_existing: SkipExisting = False,
     include_hidden: IncludeHidden = False,
+    report: Report = False,
 ) -> None:
     """Match every band's mean and std to the reference's."""
     from svdharm_cli.methods import Method
 
     _run(
         quiet,
+        report,
         command="harmonize",
         inp=inp,
         out=out,
@@ -221,6 +224,7 @@ def augment(
     max_pixels: MaxPixels = 100_000_000,
     skip_existing: SkipExisting = False,
     include_hidden: IncludeHidden = False,
+    report: Report = False,
 ) -> None:
     """Write de-harmonized copies (random band coefficients) of every input."""
     from svdharm_cli.methods import Method
@@ -230,6 +234,7 @@ def augment(
     method = Method.DEHARMONIZE if reference is None else Method.HARMONIZE_DEHARMONIZE
     _run(
         quiet,
+        report,
         command="augment",
         inp=inp,
         out=out,
@@ -253,8 +258,60 @@ def augment(
     )
 
 
+@app.command()
+@_user_errors
+def bands(
+    image: Annotated[Path, typer.Argument(help="Any image svdharm reads.")],
+    output: Annotated[
+        Optional[Path],
+        typer.Option("--output", "-o", help="Panel PNG [default: <stem>_bands.png here]."),
+    ] = None,
+    fractions: Fractions = None,
+    frame: Annotated[int, typer.Option(min=0, help="Frame of a multi-frame DICOM.")] = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Show an image's base and bands: a labelled panel PNG and a statistics table."""
+    from svdharm_cli import display
+    from svdharm_cli.atomic import atomic_path
+    from svdharm_cli.bands import DEFAULT_FRACTIONS
+    from svdharm_cli.errors import UsageError
+    from svdharm_cli.formats import read_image
+    from svdharm_cli.panel import build_panel, render
+
+    picture = read_image(image)
+    if frame >= picture.frame_count:
+        raise UsageError(f"--frame {frame}: {image} has {picture.frame_count} frame(s)")
+    panel = build_panel(picture.frames[frame], _fractions(fractions) or DEFAULT_FRACTIONS)
+    target = output or Path(f"{image.stem}_bands.png")
+    from PIL import Image as PILImage
+
+    with atomic_path(target) as tmp:
+        PILImage.fromarray(render(panel)).save(tmp, format="PNG")
+    display.band_table(image, panel.rows, quiet)
+    display.print_line(f"panel: {target}", quiet)
+
+
+@app.command()
+@_user_errors
+def report(
+    log: Annotated[Path, typer.Argument(help="A run's JSON log.")],
+    output: Annotated[
+        Optional[Path],
+        typer.Option("--output", "-o", help="HTML file [default: the log's name, .html]."),
+    ] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Write a self-contained HTML QA report of a harmonize or augment run."""
+    from svdharm_cli import display
+    from svdharm_cli.report import write_report
+
+    target = write_report(log, output or log.with_suffix(".html"))
+    display.print_line(f"report: {target}", quiet)
+
+
 def _run(
     quiet: bool,
+    report: bool,
     *,
     workers: Optional[int],
     include: Optional[list[str]],
@@ -279,6 +336,11 @@ def _run(
     with display.progress(request.command, quiet) as (on_start, on_result):
         summary = jobs.run(request, on_start, on_result)
     display.summary(summary, quiet)
+    if report:
+        from svdharm_cli.report import write_report
+
+        html = write_report(summary.log_path, summary.log_path.with_suffix(".html"))
+        display.print_line(f"report: {html}", quiet)
     if summary.interrupted is not None:
         raise typer.Exit(128 + summary.interrupted)
     if summary.failed:

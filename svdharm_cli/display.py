@@ -109,6 +109,27 @@ def summary(run: RunSummary, quiet: bool) -> None:
     out.print(f"log: {safe(str(run.log_path))}")
 
 
+def band_table(image: object, rows: list, quiet: bool) -> None:
+    """Each channel's per-component ranks, energy share, mean and std (normalized units)."""
+    if quiet:
+        return
+    from rich.table import Table
+
+    table = Table(title=safe(f"bands of {image}"))
+    for column in ("channel", "component", "ranks", "energy %", "mean", "std"):
+        table.add_column(column, justify="left" if column == "component" else "right")
+    for r in rows:
+        table.add_row(
+            str(r.channel),
+            r.name,
+            f"{r.first_rank}-{r.last_rank}",
+            f"{100 * r.energy_share:.3g}",
+            f"{r.mean:.5g}",
+            f"{r.std:.5g}",
+        )
+    stdout().print(table)
+
+
 def print_line(text: str, quiet: bool) -> None:
     if not quiet:
         stdout().print(safe(text))

@@ -264,6 +264,8 @@ def run(
             "seconds": round(seconds, 3),
             "input": str(request.inp),
             "output": str(request.out),
+            "input_root_absolute": str(root.resolve()),
+            "output_absolute": str(request.out.resolve()),
             "parameters": _parameters(request, fractions),
             "reference": ref_record,
             "seed": seed,

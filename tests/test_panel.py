@@ -1,0 +1,69 @@
+"""The band panel: layout and tile values after the documented display mapping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from svdharm_cli.panel import GAP, LABEL_HEIGHT, MARGIN, band_gain, build_panel, render, tile_origin
+from tests import oracle
+from tests.conftest import svdharm
+from tests.images import save, textured
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_tiles_are_the_components_after_display_mapping(channels: int) -> None:
+    x = textured(48, 64, seed=4, channels=channels)
+    panel = build_panel(x)
+    assert len(panel.tiles) == 5  # input, base, two bands, finest band
+    comps = np.stack([oracle.components(ch) for ch in x], axis=1)  # (4, c, h, w)
+    expect_input = np.moveaxis(x, 0, -1)
+    np.testing.assert_allclose(panel.tiles[0][..., :channels], expect_input, atol=1e-12)
+    np.testing.assert_allclose(
+        panel.tiles[1][..., :channels], np.moveaxis(np.clip(comps[0], 0, 1), 0, -1), atol=1e-9
+    )
+    for k in range(1, 4):
+        gain = 0.5 / (4 * comps[k].std())
+        assert band_gain(comps[k]) == pytest.approx(gain, rel=1e-6)
+        expected = np.clip(0.5 + gain * np.moveaxis(comps[k], 0, -1), 0, 1)
+        np.testing.assert_allclose(panel.tiles[k + 1][..., :channels], expected, atol=1e-6)
+    # Energy shares per channel sum to one.
+    for c in range(channels):
+        assert sum(r.energy_share for r in panel.rows if r.channel == c) == pytest.approx(1.0)
+    # r = 48: cuts at 3, 10 and 24 singular values.
+    assert [(r.first_rank, r.last_rank) for r in panel.rows[:4]] == [
+        (1, 3),
+        (4, 10),
+        (11, 24),
+        (25, 48),
+    ]
+
+
+def test_rendered_layout_and_pixels() -> None:
+    x = textured(40, 160, seed=5)
+    panel = build_panel(x)
+    image = render(panel)
+    h, w = 40, 160
+    assert image.shape == (2 * MARGIN + LABEL_HEIGHT + h, 2 * MARGIN + 5 * w + 4 * GAP, 3)
+    for k, tile in enumerate(panel.tiles):
+        x0, y0 = tile_origin(k, w)
+        region = image[y0 : y0 + h, x0 : x0 + w]
+        np.testing.assert_array_equal(region, np.rint(tile * 255).astype(np.uint8))
+
+
+def test_bands_command_on_16bit_png_and_dicom(tmp_path: Path) -> None:
+    from tests.dicom_files import make_dicom, radiograph
+
+    png = save(tmp_path / "deep.png", textured(50, 60, seed=6), bits=16)
+    dcm = make_dicom(tmp_path / "m1.dcm", radiograph(), photometric="MONOCHROME1")
+    for src in (png, dcm):
+        out = tmp_path / f"{src.stem}_panel.png"
+        result = svdharm("bands", src, "-o", out)
+        assert result.code == 0, result.stderr
+        assert "finest band" in result.stdout and "energy" in result.stdout
+        with Image.open(out) as im:
+            assert im.mode == "RGB" and im.width > 5 * 50
+    assert svdharm("bands", tmp_path / "missing.png").code == 1
