@@ -5,12 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.svdharm-installed
 SVDHARM := $(BIN)/svdharm
 
-.PHONY: install demo test lint samples screenshots clean
+.PHONY: install demo test lint bench samples screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
+	$(BIN)/python -m pip install --quiet -e '.[test,lint,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -30,9 +30,13 @@ test: install
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check svdharm_cli tests scripts
-	$(BIN)/ruff format --check svdharm_cli tests scripts
+	$(BIN)/ruff check svdharm_cli tests scripts bench
+	$(BIN)/ruff format --check svdharm_cli tests scripts bench
 	$(BIN)/mypy svdharm_cli
+
+# Speed and memory against a researcher's baseline, as ratios in one run (not tests).
+bench: install
+	$(BIN)/python bench/run.py
 
 samples: install
 	$(BIN)/python scripts/make_sample_images.py

@@ -120,6 +120,11 @@ class FormatHandler(Protocol):
         """Short lower-case name, e.g. ``"png"``; recorded in :attr:`Image.format`."""
         ...
 
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        """Lower-case file extensions this handler takes without looking inside."""
+        ...
+
     def can_read(self, path: Path, head: bytes) -> bool:
         """Whether this handler takes ``path``; ``head`` is its first 132 bytes."""
         ...
@@ -151,7 +156,15 @@ def _handlers() -> tuple[FormatHandler, ...]:
 
 
 def handler_for(path: Path) -> FormatHandler | None:
-    """The handler that takes ``path``, or None when no format does (the file is ignored)."""
+    """The handler that takes ``path``, or None when no format does (the file is ignored).
+
+    Known extensions decide without opening the file (walking a tree of thousands of files
+    stays cheap); other files are recognized by their first bytes.
+    """
+    suffix = path.suffix.lower()
+    for handler in _handlers():
+        if suffix in handler.suffixes:
+            return handler
     try:
         with open(path, "rb") as f:
             head = f.read(HEAD_BYTES)

@@ -99,6 +99,7 @@ STALE = (
 
 class _Dicom:
     name = "dicom"
+    suffixes = SUFFIXES
 
     def can_read(self, path: Path, head: bytes) -> bool:
         return path.suffix.lower() in SUFFIXES or head[128:132] == b"DICM"

@@ -1,0 +1,336 @@
+"""svdharm's benchmark: each target of the speed work against a baseline, in one run.
+
+The baseline is what a researcher would write from the paper: sequential, one process,
+``numpy.linalg.svd`` in float64 on each channel, the rank reconstructions, imageio with
+default settings. Both sides get the same generated data and run on the same machine in
+the same session, so only the ratios mean anything. Nothing here is a test: the test suite
+checks correctness; this measures.
+
+Run: ``make bench`` (or ``python bench/run.py [--quick]``). Prints a table and writes
+``bench/results/latest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+FRACTIONS = (0.07, 0.20, 0.50)
+
+
+# -- the baseline -------------------------------------------------------------------------
+
+
+def baseline_components(x: np.ndarray) -> list[np.ndarray]:
+    u, s, vt = np.linalg.svd(x)
+    r = len(s)
+    ks = [max(1, min(r, math.floor(f * r + 0.5))) for f in FRACTIONS]
+    recon = [(u[:, :k] * s[:k]) @ vt[:k] for k in ks]
+    return [recon[0], recon[1] - recon[0], recon[2] - recon[1], x - recon[2]]
+
+
+def baseline_harmonize_file(src: Path, dst: Path, ref_mean: list, ref_std: list) -> None:
+    import imageio.v3 as iio
+
+    stored = iio.imread(src)
+    top = 65535.0 if stored.dtype == np.uint16 else 255.0
+    x = stored.astype(np.float64) / top
+    out = np.zeros_like(x)
+    for c, m_ref, s_ref in zip(baseline_components(x), ref_mean, ref_std):
+        m, s = c.mean(), c.std()
+        out += (c - m) / s * s_ref + m_ref if s > 1e-6 else c - m + m_ref
+    iio.imwrite(dst, np.rint(np.clip(out, 0, 1) * top).astype(stored.dtype))
+
+
+def baseline_tree(src: Path, dst: Path, reference: Path) -> None:
+    ref = json.loads(reference.read_text())
+    for path in sorted(src.rglob("*.png")):
+        target = dst / path.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        baseline_harmonize_file(path, target, ref["mean"][0], ref["std"][0])
+
+
+# -- data ---------------------------------------------------------------------------------
+
+
+def make_images(folder: Path, count: int, size: int, bits: int = 8, seed: int = 0) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for i in range(count):
+        f = rng.uniform(2, 9, 2)
+        img = (
+            0.45
+            + 0.25 * np.sin(f[0] * xx) * np.cos(f[1] * yy)
+            + 0.03 * rng.standard_normal((size, size))
+        )
+        top = 2**bits - 1
+        arr = np.rint(np.clip(img, 0, 1) * top).astype(np.uint16 if bits == 16 else np.uint8)
+        Image.fromarray(arr).save(folder / f"img{i:05d}.png", compress_level=1)
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def svdharm(*args: object) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "svdharm_cli", *map(str, args), "-q"], check=True)
+    return time.perf_counter() - start
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def max_level_diff(a: Path, b: Path) -> int:
+    from PIL import Image
+
+    worst = 0
+    for path in sorted(a.rglob("*.png")):
+        x = np.asarray(Image.open(path)).astype(np.int64)
+        y = np.asarray(Image.open(b / path.relative_to(a))).astype(np.int64)
+        worst = max(worst, int(np.abs(x - y).max()))
+    return worst
+
+
+def peak_rss_mib(cmd: list[str]) -> float:
+    """Peak resident memory of a child process, in MiB (Linux ru_maxrss is KiB)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run(cmd, check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(after, before) / 1024.0
+
+
+# -- the cases ----------------------------------------------------------------------------
+
+
+def case_large(work: Path, n: int) -> dict:
+    src, ref_dir = work / "large", work / "large_ref"
+    make_images(src, n, 1024, seed=1)
+    make_images(ref_dir, 1, 1024, seed=99)
+    reference = work / "ref.json"
+    subprocess.run(
+        [sys.executable, "-m", "svdharm_cli", "fit-reference", ref_dir, "-o", reference, "-q"],
+        check=True,
+    )
+    base = timed(lambda: baseline_tree(src, work / "large_base", reference))
+    ours = svdharm("harmonize", src, work / "large_out", "--reference", reference)
+    one = svdharm("harmonize", src, work / "large_out1", "--reference", reference, "--workers", 1)
+    diff = max_level_diff(work / "large_base", work / "large_out")
+    return {
+        "large": {
+            "case": f"harmonize {n} gray 1024x1024 PNGs, end to end",
+            "baseline_s": base,
+            "svdharm_s": ours,
+            "ratio": base / ours,
+            "target": 4.0,
+            "accuracy_levels": diff,
+            "accurate": diff <= 1,
+        },
+        "scaling": {
+            "case": "same batch: 2 workers vs 1 worker",
+            "baseline_s": one,
+            "svdharm_s": ours,
+            "ratio": one / ours,
+            "target": 1.8,
+        },
+    }
+
+
+def case_decomposition(size: int, repeats: int) -> dict:
+    from svdharm_cli.bands import decompose
+
+    rng = np.random.default_rng(size)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    x = np.clip(
+        0.45 + 0.25 * np.sin(5 * xx) * np.cos(3 * yy) + 0.03 * rng.standard_normal((size, size)),
+        0,
+        1,
+    )
+    base = min(timed(lambda: baseline_components(x)) for _ in range(repeats))
+
+    def ours() -> None:
+        decompose(x, FRACTIONS).components()
+
+    svd = min(timed(ours) for _ in range(repeats))
+    worst = float(
+        np.abs(np.stack(baseline_components(x)) - decompose(x, FRACTIONS).components()).max()
+    )
+    return {
+        f"decompose_{size}": {
+            "case": f"decomposition into 4 components, {size}x{size} float64",
+            "baseline_s": base,
+            "svdharm_s": svd,
+            "ratio": base / svd,
+            "target": 3.0,
+            "accuracy_levels": worst * 65535,
+            "accurate": worst * 65535 <= 16,
+        }
+    }
+
+
+def case_small(work: Path, n: int) -> dict:
+    src, ref_dir = work / "small", work / "small_ref"
+    make_images(src, n, 28, seed=2)
+    make_images(ref_dir, 1, 28, seed=98)
+    reference = work / "small_ref.json"
+    subprocess.run(
+        [sys.executable, "-m", "svdharm_cli", "fit-reference", ref_dir, "-o", reference, "-q"],
+        check=True,
+    )
+    base = timed(lambda: baseline_tree(src, work / "small_base", reference))
+    ours = svdharm("harmonize", src, work / "small_out", "--reference", reference)
+    return {
+        "small": {
+            "case": f"harmonize {n} gray 28x28 PNGs, end to end",
+            "baseline_s": base,
+            "svdharm_s": ours,
+            "ratio": base / ours,
+            "target": 5.0,
+        }
+    }
+
+
+def case_memory(work: Path) -> dict:
+    src = work / "mem"
+    make_images(src, 1, 4096, bits=16, seed=3)
+    reference = work / "mem_ref.json"
+    make_images(work / "mem_ref", 1, 256, bits=16, seed=97)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "svdharm_cli",
+            "fit-reference",
+            work / "mem_ref",
+            "-o",
+            reference,
+            "-q",
+        ],
+        check=True,
+    )
+    ours = peak_rss_mib(
+        [
+            sys.executable,
+            "-m",
+            "svdharm_cli",
+            "harmonize",
+            src,
+            work / "mem_out",
+            "--reference",
+            reference,
+            "--workers",
+            "1",
+            "-q",
+        ]
+    )
+    code = (
+        f"import sys; from pathlib import Path; sys.path.insert(0, {str(HERE)!r}); import run; "
+        f"run.baseline_tree(Path({str(src)!r}), Path({str(work / 'mem_base')!r}), "
+        f"Path({str(reference)!r}))"
+    )
+    base = peak_rss_mib([sys.executable, "-c", code])
+    return {
+        "memory": {
+            "case": "peak RSS, one 4096x4096 16-bit image (MiB)",
+            "baseline_s": base,
+            "svdharm_s": ours,
+            "ratio": base / ours,
+            "target_mib": 768,
+            "pass": ours <= 768,
+        }
+    }
+
+
+def case_startup(repeats: int = 5) -> dict:
+    exe = shutil.which("svdharm") or str(Path(sys.executable).parent / "svdharm")
+    times = {}
+    for flag in ("--help", "--version"):
+        times[flag] = min(
+            timed(lambda f=flag: subprocess.run([exe, f], check=True, capture_output=True))
+            for _ in range(repeats)
+        )
+    worst = max(times.values())
+    return {
+        "startup": {
+            "case": "svdharm --help / --version (slowest of the two, s)",
+            "baseline_s": None,
+            "svdharm_s": worst,
+            "ratio": None,
+            "target_s": 0.3,
+            "pass": worst < 0.3,
+        }
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def verdict(row: dict) -> bool:
+    if "pass" in row:
+        return bool(row["pass"])
+    ok = row["ratio"] >= row["target"]
+    return ok and row.get("accurate", True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller batches (a smoke run)")
+    args = parser.parse_args()
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        results |= case_startup()
+        results |= case_decomposition(1024, 2 if args.quick else 3)
+        if not args.quick:
+            results |= case_decomposition(2048, 1)
+        results |= case_large(work, 4 if args.quick else 16)
+        results |= case_small(work, 500 if args.quick else 10_000)
+        results |= case_memory(work)
+    for row in results.values():
+        row["pass"] = verdict(row)
+    print(f"{'case':58} {'baseline':>10} {'svdharm':>10} {'ratio':>7} {'target':>8}  result")
+    for row in results.values():
+        target = row.get("target") or row.get("target_mib") or row.get("target_s")
+        fmt = _fmt
+        print(
+            f"{row['case'][:58]:58} {fmt(row['baseline_s']):>10} {fmt(row['svdharm_s']):>10} "
+            f"{fmt(row['ratio']):>7} {fmt(target):>8}  {'pass' if row['pass'] else 'FAIL'}"
+        )
+    meta = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": len(os.sched_getaffinity(0)),
+        "numpy": np.__version__,
+        "quick": args.quick,
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.json").write_text(
+        json.dumps({"meta": meta, "results": results}, indent=2) + "\n"
+    )
+    print(f"written to {out / 'latest.json'}")
+
+
+if __name__ == "__main__":
+    main()
