@@ -17,7 +17,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 FRACTIONS = (0.07, 0.20, 0.50)
+CLI = [sys.executable, "-m", "svdharm_cli"]
 
 
 # -- the baseline -------------------------------------------------------------------------
@@ -90,7 +90,7 @@ def make_images(folder: Path, count: int, size: int, bits: int = 8, seed: int = 
 
 def svdharm(*args: object) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "svdharm_cli", *map(str, args), "-q"], check=True)
+    subprocess.run([*CLI, *map(str, args), "-q"], check=True)
     return time.perf_counter() - start
 
 
@@ -111,26 +111,34 @@ def max_level_diff(a: Path, b: Path) -> int:
     return worst
 
 
-def peak_rss_mib(cmd: list[str]) -> float:
-    """Peak resident memory of a child process, in MiB (Linux ru_maxrss is KiB)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run(cmd, check=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(after, before) / 1024.0
+def peak_rss_mib(cmd: list) -> float:
+    """Peak resident memory of ``cmd``, in MiB, measured by a fresh wrapper process (so no
+    earlier child of this process can mask it; Linux reports ru_maxrss in KiB)."""
+    wrapper = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", wrapper, *map(str, cmd)], check=True, capture_output=True, text=True
+    )
+    return int(done.stdout.split()[-1]) / 1024.0
 
 
 # -- the cases ----------------------------------------------------------------------------
 
 
+def make_case(work: Path, name: str, count: int, size: int, bits: int = 8) -> tuple[Path, Path]:
+    """Generated inputs ``work/name`` and a reference fitted from one more image."""
+    src, ref_dir = work / name, work / f"{name}_ref"
+    make_images(src, count, size, bits=bits, seed=len(name))
+    make_images(ref_dir, 1, size, bits=bits, seed=100 + len(name))
+    reference = work / f"{name}_ref.json"
+    subprocess.run([*CLI, "fit-reference", ref_dir, "-o", reference, "-q"], check=True)
+    return src, reference
+
+
 def case_large(work: Path, n: int) -> dict:
-    src, ref_dir = work / "large", work / "large_ref"
-    make_images(src, n, 1024, seed=1)
-    make_images(ref_dir, 1, 1024, seed=99)
-    reference = work / "ref.json"
-    subprocess.run(
-        [sys.executable, "-m", "svdharm_cli", "fit-reference", ref_dir, "-o", reference, "-q"],
-        check=True,
-    )
+    src, reference = make_case(work, "large", n, 1024)
     base = timed(lambda: baseline_tree(src, work / "large_base", reference))
     ours = svdharm("harmonize", src, work / "large_out", "--reference", reference)
     one = svdharm("harmonize", src, work / "large_out1", "--reference", reference, "--workers", 1)
@@ -188,14 +196,7 @@ def case_decomposition(size: int, repeats: int) -> dict:
 
 
 def case_small(work: Path, n: int) -> dict:
-    src, ref_dir = work / "small", work / "small_ref"
-    make_images(src, n, 28, seed=2)
-    make_images(ref_dir, 1, 28, seed=98)
-    reference = work / "small_ref.json"
-    subprocess.run(
-        [sys.executable, "-m", "svdharm_cli", "fit-reference", ref_dir, "-o", reference, "-q"],
-        check=True,
-    )
+    src, reference = make_case(work, "small", n, 28)
     base = timed(lambda: baseline_tree(src, work / "small_base", reference))
     ours = svdharm("harmonize", src, work / "small_out", "--reference", reference)
     return {
@@ -214,33 +215,10 @@ def case_memory(work: Path) -> dict:
     make_images(src, 1, 4096, bits=16, seed=3)
     reference = work / "mem_ref.json"
     make_images(work / "mem_ref", 1, 256, bits=16, seed=97)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "svdharm_cli",
-            "fit-reference",
-            work / "mem_ref",
-            "-o",
-            reference,
-            "-q",
-        ],
-        check=True,
-    )
+    subprocess.run([*CLI, "fit-reference", work / "mem_ref", "-o", reference, "-q"], check=True)
+    out = work / "mem_out"
     ours = peak_rss_mib(
-        [
-            sys.executable,
-            "-m",
-            "svdharm_cli",
-            "harmonize",
-            src,
-            work / "mem_out",
-            "--reference",
-            reference,
-            "--workers",
-            "1",
-            "-q",
-        ]
+        [*CLI, "harmonize", src, out, "--reference", reference, "--workers", 1, "-q"]
     )
     code = (
         f"import sys; from pathlib import Path; sys.path.insert(0, {str(HERE)!r}); import run; "

@@ -6,7 +6,8 @@ outcome (``ok`` / ``skipped`` / ``failed`` with a message naming the file) is a 
 goes straight into the run log.
 
 Parallelism: ``workers`` processes (spawned, so no lock inherited from the parent's threads),
-each told how many BLAS threads to use for each file it gets: one while every worker is busy
+fed one file per task, or chunks of up to 64 when many small files remain, and told how
+many BLAS threads to use for each task: one while every worker is busy
 (two processes each letting BLAS use every core oversubscribe the machine badly), and the
 spare cores' share once fewer files than workers remain.
 """
@@ -264,6 +265,7 @@ def _logged(coefficients: np.ndarray | None, method: Method) -> list[list[float 
 
 # -- the pool ----------------------------------------------------------------------------
 
+MAX_CHUNK = 64
 _WORKER_CONFIG: JobConfig | None = None
 _BLAS: dict[str, Any] = {}
 
@@ -285,10 +287,16 @@ def _set_blas_threads(n: int) -> None:
     _BLAS["threads"] = n
 
 
-def _worker_task(rel: str, blas_threads: int) -> FileResult:
+def _worker_task(rels: list[str], blas_threads: int) -> list[FileResult]:
     assert _WORKER_CONFIG is not None
     _set_blas_threads(blas_threads)
-    return process_file(rel, _WORKER_CONFIG)
+    return [process_file(rel, _WORKER_CONFIG) for rel in rels]
+
+
+def chunk_size(remaining: int, workers: int) -> int:
+    """Files per task: one while few remain (even load, fine progress); up to 64 when many
+    do, since dispatching a task costs about as much as processing a small image."""
+    return max(1, min(MAX_CHUNK, remaining // (workers * 8)))
 
 
 @dataclass(frozen=True)
@@ -335,14 +343,16 @@ def _results(rels: Sequence[str], config: JobConfig, workers: int) -> Iterator[F
     pool = ProcessPoolExecutor(workers, context, _init_worker, (config,))
     try:
         pending = list(reversed(rels))
-        running: set[Future[FileResult]] = set()
+        running: set[Future[list[FileResult]]] = set()
         while pending or running:
             while pending and len(running) < workers:
                 busy = min(workers, len(pending) + len(running))
-                running.add(pool.submit(_worker_task, pending.pop(), max(1, cpus // busy)))
+                size = chunk_size(len(pending), workers)
+                chunk = [pending.pop() for _ in range(min(size, len(pending)))]
+                running.add(pool.submit(_worker_task, chunk, max(1, cpus // busy)))
             done, running = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                yield future.result()
+                yield from future.result()
     except BaseException:
         _terminate(pool)
         raise
