@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -133,7 +132,3 @@ def band_table(image: object, rows: list, quiet: bool) -> None:
 def print_line(text: str, quiet: bool) -> None:
     if not quiet:
         stdout().print(safe(text))
-
-
-def is_tty() -> bool:
-    return sys.stderr.isatty()

@@ -188,6 +188,8 @@ def load_reference(
         "sha256": sha256_file(path),
         "fractions": list(reference.fractions),
         "channels": reference.channels,
+        "mean": reference.mean.tolist(),
+        "std": reference.std.tolist(),
         "sources": reference.to_dict()["sources"],
     }
     return reference, record

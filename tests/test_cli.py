@@ -54,6 +54,10 @@ def test_harmonize_tree(gray_tree: Path, gray_reference: Path, tmp_path: Path) -
     assert log["tool"] == "svdharm" and log["command"] == "harmonize"
     assert log["parameters"]["method"] == "harmonize" and log["parameters"]["workers"] == 2
     assert log["reference"]["path"] == str(gray_reference) and len(log["reference"]["sha256"]) == 64
+    ref_file = json.loads(gray_reference.read_text())
+    assert (
+        log["reference"]["mean"] == ref_file["mean"] and log["reference"]["std"] == ref_file["std"]
+    )
     assert log["counts"] == {"ok": 4, "skipped": 0, "failed": 0, "not_processed": 0}
     assert log["status"] == "completed" and log["signal"] is None
     assert [f["path"] for f in log["files"]] == sorted(GRAY_FILES)
