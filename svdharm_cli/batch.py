@@ -186,9 +186,11 @@ def process_file(rel: str, config: JobConfig) -> FileResult:
                 f"{ref.channels}; use a reference fitted on images like this one"
             )
         reference = (ref.mean, ref.std) if ref is not None else None
-        coefficients = [
-            _coefficients(config, rel, j, image.channel_count) for j in range(len(planned))
+        random = config.method is not Method.HARMONIZE
+        seeds = [
+            output_seed(_seed(config), rel, j) if random else None for j in range(len(planned))
         ]
+        coefficients = [_coefficients(config, seed, image.channel_count) for seed in seeds]
         # Frames outer, copies inner: one decomposition per frame serves every copy.
         news = [np.empty(image.frames.shape, dtype=np.float32) for _ in planned]
         for f in range(image.frame_count):
@@ -197,7 +199,7 @@ def process_file(rel: str, config: JobConfig) -> FileResult:
             for new, coef in zip(news, coefficients):
                 new[f] = transform(bands, reference=reference, coefficients=coef)
         outputs = []
-        for j, (out_rel, new, coef) in enumerate(zip(planned, news, coefficients)):
+        for j, (out_rel, new, seed, coef) in enumerate(zip(planned, news, seeds, coefficients)):
             context = OutputContext(
                 description=config.provenance,
                 instance_key=f"{config.provenance}|{rel}|{j}",
@@ -205,7 +207,6 @@ def process_file(rel: str, config: JobConfig) -> FileResult:
             )
             with atomic_path(config.out_root / out_rel) as tmp:
                 write_image(image, new, tmp, config.write, context)
-            seed = None if coef is None else output_seed(_seed(config), rel, j)
             outputs.append(OutputRecord(out_rel, seed, _logged(coef, config.method)))
         return result(OK, None, outputs)
     except SkipImage as exc:
@@ -226,12 +227,12 @@ def _seed(config: JobConfig) -> int:
     return config.seed
 
 
-def _coefficients(config: JobConfig, rel: str, copy: int, channels: int) -> np.ndarray | None:
+def _coefficients(config: JobConfig, seed: int | None, channels: int) -> np.ndarray | None:
     """The coefficients of one output (shared by its frames), or None for harmonize."""
-    if config.method is Method.HARMONIZE:
+    if seed is None:
         return None
     return draw_coefficients(
-        output_seed(_seed(config), rel, copy),
+        seed,
         channels,
         len(config.fractions) + 1,
         config.low,

@@ -24,6 +24,7 @@ import numpy as np
 from svdharm_cli import __version__
 from svdharm_cli.atomic import write_text
 from svdharm_cli.errors import ImageError, SkipImage, UsageError
+from svdharm_cli.formats import Image
 
 SAMPLE = 24
 THUMBNAIL = 160
@@ -47,9 +48,9 @@ def render(log: dict[str, Any], log_path: Path) -> str:
     in_root, out_root = _roots(log, log_path)
     files = log["files"]
     ok = [f for f in files if f["status"] == "ok" and f["outputs"]]
-    sample = _evenly(ok, SAMPLE)
-    gallery = [g for g in (_pair(f, in_root, out_root) for f in sample) if g is not None]
-    stats_plot, stats_note = _statistics_plot(log, sample, in_root, out_root)
+    pairs = _load_pairs(_evenly(ok, SAMPLE), in_root, out_root)
+    gallery = [_gallery_item(record, source, result) for record, source, result in pairs]
+    stats_plot, stats_note = _statistics_plot(log, pairs)
     coefficient_plot, coefficient_note = _coefficient_plot(log)
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("svdharm_cli", "templates"),
@@ -93,15 +94,22 @@ def _sample_note(shown: int, total: int, what: str) -> str:
     return f"A sample of {shown} of {total} processed inputs, evenly spaced in path order."
 
 
-def _display(path: Path) -> np.ndarray | None:
-    """First frame of an image as display values (h, w, 3) in [0, 1], or None."""
+def _load_pairs(
+    sample: list[dict[str, Any]], in_root: Path, out_root: Path
+) -> list[tuple[dict[str, Any], Image, Image]]:
+    """Each sampled input with its first output, read once for the gallery and the plots;
+    pairs that can no longer be read (moved or deleted since the run) are left out."""
     from svdharm_cli.formats import read_image
-    from svdharm_cli.panel import to_display
 
-    try:
-        return to_display(read_image(path).frames[0])
-    except (ImageError, SkipImage, OSError):
-        return None
+    pairs = []
+    for record in sample:
+        try:
+            source = read_image(in_root / record["path"])
+            result = read_image(out_root / record["outputs"][0]["path"])
+        except (ImageError, SkipImage, OSError):
+            continue
+        pairs.append((record, source, result))
+    return pairs
 
 
 def _png_uri(rgb: np.ndarray, max_side: int | None = THUMBNAIL) -> str:
@@ -115,17 +123,14 @@ def _png_uri(rgb: np.ndarray, max_side: int | None = THUMBNAIL) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _pair(record: dict[str, Any], in_root: Path, out_root: Path) -> dict[str, str] | None:
-    before = _display(in_root / record["path"])
-    output = record["outputs"][0]["path"]
-    after = _display(out_root / output)
-    if before is None or after is None:
-        return None
+def _gallery_item(record: dict[str, Any], source: Image, result: Image) -> dict[str, str]:
+    from svdharm_cli.panel import to_display
+
     return {
         "path": record["path"],
-        "output": output,
-        "before": _png_uri(before),
-        "after": _png_uri(after),
+        "output": record["outputs"][0]["path"],
+        "before": _png_uri(to_display(source.frames[0])),
+        "after": _png_uri(to_display(result.frames[0])),
     }
 
 
@@ -136,22 +141,14 @@ def _figure_uri(fig: Any) -> str:
 
 
 def _statistics_plot(
-    log: dict[str, Any], sample: list[dict[str, Any]], in_root: Path, out_root: Path
+    log: dict[str, Any], pairs: list[tuple[dict[str, Any], Image, Image]]
 ) -> tuple[str | None, str]:
     """Per-component mean and std of each sampled input (before) and its output (after)."""
-    from svdharm_cli.formats import read_image
     from svdharm_cli.methods import channel_statistics
 
     fractions = log["parameters"]["fractions"]
-    before, after = [], []
-    for record in sample:
-        try:
-            source = read_image(in_root / record["path"])
-            result = read_image(out_root / record["outputs"][0]["path"])
-        except (ImageError, SkipImage, OSError):
-            continue
-        before.append(channel_statistics(source.frames[0], fractions, _mask(source)))
-        after.append(channel_statistics(result.frames[0], fractions, _mask(result)))
+    before = [channel_statistics(s.frames[0], fractions, _mask(s)) for _, s, _ in pairs]
+    after = [channel_statistics(r.frames[0], fractions, _mask(r)) for _, _, r in pairs]
     if not before:
         return None, ""
     import matplotlib
@@ -197,7 +194,7 @@ def _statistics_plot(
     return uri, note
 
 
-def _mask(image: Any) -> np.ndarray | None:
+def _mask(image: Image) -> np.ndarray | None:
     return None if image.mask is None else image.mask[0]
 
 

@@ -123,6 +123,7 @@ class _Dicom:
             "dtype": stored.dtype,
             "lossy_syntax": LOSSY_SYNTAXES.get(tsyntax),
             "padding": None if mask is None else stored[..., 0][~mask],
+            "source": path,
         }
         return Image(
             frames=np.moveaxis(norm, 3, 1),
@@ -175,7 +176,7 @@ class _Dicom:
                 )
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
             raise ImageError(
-                f"{path}: cannot write the derived DICOM (a source attribute cannot be "
+                f"{image.meta['source']}: cannot write the derived DICOM (an attribute cannot be "
                 f"encoded): {_first_line(exc)}"
             ) from exc
 
