@@ -259,6 +259,59 @@ def case_startup(repeats: int = 5) -> dict:
     }
 
 
+def _png_sources() -> dict[str, np.ndarray]:
+    """Stored pixels to encode: generated, a sample fundus, and pydicom-data's 12-bit MR
+    (scaled to 16 bits) when installed."""
+    from svdharm_cli.formats import read_image
+
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:1024, 0:1024] / 1024
+    noisy = 0.45 + 0.25 * np.sin(5 * xx) * np.cos(3 * yy) + 0.03 * rng.standard_normal(xx.shape)
+    sources = {"generated 1024x1024 8-bit": np.rint(np.clip(noisy, 0, 1) * 255).astype(np.uint8)}
+    paths = {"sample fundus RGB 8-bit": HERE.parent / "sample_images/fundus/site_a/fundus_a0.png"}
+    try:
+        import data_store
+
+        paths["MR 1024x1024 12-bit as 16-bit"] = (
+            Path(data_store.__file__).parent / "data/MR2_UNCR.dcm"
+        )
+    except ImportError:
+        pass
+    for name, path in paths.items():
+        image = read_image(path)
+        wide = image.bits > 8
+        planes = np.moveaxis(image.frames[0], 0, -1) * (65535 if wide else 255)
+        stored = np.rint(planes).astype(np.uint16 if wide else np.uint8)
+        sources[name] = stored[..., 0] if stored.shape[-1] == 1 else stored
+    return sources
+
+
+def _encode_png(pixels: np.ndarray, level: int, repeats: int = 2) -> tuple[float, int]:
+    import io
+
+    from PIL import Image
+
+    best, size = math.inf, 0
+    for _ in range(repeats):
+        buffer = io.BytesIO()
+        start = time.perf_counter()
+        Image.fromarray(pixels).save(buffer, format="PNG", compress_level=level)
+        best = min(best, time.perf_counter() - start)
+        size = len(buffer.getvalue())
+    return best, size
+
+
+def png_levels(levels: tuple[int, ...] = (1, 4, 6, 9)) -> dict:
+    """Encode time and size of PNG outputs per zlib level (how the default was chosen)."""
+    table = {}
+    for name, pixels in _png_sources().items():
+        table[name] = {}
+        for level in levels:
+            seconds, size = _encode_png(pixels, level)
+            table[name][str(level)] = {"seconds": seconds, "bytes": size}
+    return table
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
@@ -284,6 +337,7 @@ def main() -> None:
         results |= case_large(work, 4 if args.quick else 16)
         results |= case_small(work, 500 if args.quick else 10_000)
         results |= case_memory(work)
+    levels = png_levels()
     for row in results.values():
         row["pass"] = verdict(row)
     print(f"{'case':58} {'baseline':>10} {'svdharm':>10} {'ratio':>7} {'target':>8}  result")
@@ -294,6 +348,12 @@ def main() -> None:
             f"{row['case'][:58]:58} {fmt(row['baseline_s']):>10} {fmt(row['svdharm_s']):>10} "
             f"{fmt(row['ratio']):>7} {fmt(target):>8}  {'pass' if row['pass'] else 'FAIL'}"
         )
+    print("\nPNG encode per zlib level (ms / kB); outputs default to level 4")
+    for name, row in levels.items():
+        cells = "  ".join(
+            f"L{lv}: {v['seconds'] * 1e3:.0f} / {v['bytes'] / 1e3:.0f}" for lv, v in row.items()
+        )
+        print(f"  {name:32} {cells}")
     meta = {
         "python": platform.python_version(),
         "machine": platform.machine(),
@@ -305,7 +365,7 @@ def main() -> None:
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(
-        json.dumps({"meta": meta, "results": results}, indent=2) + "\n"
+        json.dumps({"meta": meta, "results": results, "png_levels": levels}, indent=2) + "\n"
     )
     print(f"written to {out / 'latest.json'}")
 

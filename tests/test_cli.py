@@ -277,3 +277,31 @@ def test_hidden_files_skipped(gray_tree: Path, gray_reference: Path, tmp_path: P
     out = tmp_path / "o"
     assert svdharm("harmonize", gray_tree, out, "--reference", gray_reference).code == 0
     assert len(only_log(out)["files"]) == 4
+
+
+def _zlib_level_class(path: Path) -> int:
+    """FLEVEL of the first IDAT's zlib header: 0 (levels 0-1), 1 (2-5), 2 (6), 3 (7-9)."""
+    data = path.read_bytes()
+    at = data.index(b"IDAT") + 4
+    return data[at + 1] >> 6
+
+
+def test_png_compression_default_and_option(gray_tree: Path, tmp_path: Path) -> None:
+    import inspect
+
+    from svdharm_cli import cli
+    from svdharm_cli.formats import DEFAULT_MAX_PIXELS, DEFAULT_PNG_COMPRESSION, WriteOptions
+
+    for command in (cli.harmonize, cli.augment):
+        params = inspect.signature(command).parameters
+        assert params["png_compression"].default == DEFAULT_PNG_COMPRESSION
+        assert params["jpeg_quality"].default == WriteOptions().jpeg_quality
+        assert params["max_pixels"].default == DEFAULT_MAX_PIXELS
+    out_default, out_nine = tmp_path / "default", tmp_path / "nine"
+    assert svdharm("augment", gray_tree, out_default, "--seed", 1).code == 0
+    assert svdharm("augment", gray_tree, out_nine, "--seed", 1, "--png-compression", 9).code == 0
+    assert only_log(out_default)["parameters"]["png_compression"] == 4
+    assert _zlib_level_class(out_default / "site1/a_aug0.png") == 1
+    assert _zlib_level_class(out_nine / "site1/a_aug0.png") == 3
+    same = "site1/a_aug0.png"
+    assert np.array_equal(load(out_default / same), load(out_nine / same))
