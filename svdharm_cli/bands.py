@@ -189,8 +189,17 @@ class Bands:
         return self.combine(scales)
 
     def components(self) -> np.ndarray:
-        """All components stacked, shape ``(n_components, h, w)``, float64."""
-        return np.stack([self.component(i) for i in range(self.n_components)])
+        """All components stacked, shape ``(n_components, h, w)``, float64.
+
+        Each band is its own product ``P_i V_i^T`` (columns of band i only), so forming all
+        of them costs one ``h x w x k_n`` product in total; the finest band is the rest.
+        """
+        h, w = self.x.shape
+        out = np.empty((self.n_components, h, w))
+        for i, cols in enumerate(self._column_slices()):
+            np.matmul(self.p[:, cols], self.v[:, cols].T, out=out[i])
+        np.subtract(self.x, out[:-1].sum(axis=0), out=out[-1])
+        return out.transpose(0, 2, 1) if self.transposed else out
 
 
 def decompose(

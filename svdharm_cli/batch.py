@@ -164,8 +164,11 @@ def output_paths(rel: str, config: JobConfig) -> list[str]:
     return [(p.parent / f"{p.stem}_aug{j}{p.suffix}").as_posix() for j in range(config.copies)]
 
 
-def process_file(rel: str, config: JobConfig) -> FileResult:
-    """Read, transform and write one input; every expected problem becomes a FileResult."""
+def process_file(rel: str, config: JobConfig, verified: set[Path] | None = None) -> FileResult:
+    """Read, transform and write one input; every expected problem becomes a FileResult.
+
+    ``verified``: output folders this task already checked (see :func:`_check_inside`).
+    """
     start = time.perf_counter()
     src = config.in_root / rel
 
@@ -177,7 +180,7 @@ def process_file(rel: str, config: JobConfig) -> FileResult:
         return result(SKIPPED, f"{src}: outputs already exist (--skip-existing)")
     try:
         for out_rel in planned:
-            _check_inside(config.out_root, config.out_root / out_rel)
+            _check_inside(config.out_root, config.out_root / out_rel, verified)
         image = read_image(src, config.max_pixels)
         ref = config.reference
         if ref is not None and ref.channels != image.channel_count:
@@ -241,9 +244,15 @@ def _coefficients(config: JobConfig, seed: int | None, channels: int) -> np.ndar
     )
 
 
-def _check_inside(root: Path, target: Path) -> None:
-    """Refuse an output whose folder resolves outside OUT (a symbolic link planted in OUT)."""
+def _check_inside(root: Path, target: Path, verified: set[Path] | None = None) -> None:
+    """Refuse an output whose folder resolves outside OUT (a symbolic link planted in OUT).
+
+    ``verified`` holds folders already found inside OUT by this task (a chunk of at most
+    :data:`MAX_CHUNK` files), so a folder of many small outputs is resolved once per chunk.
+    """
     parent = target.parent
+    if verified is not None and parent in verified:
+        return
     while not parent.exists() and parent != root:
         parent = parent.parent
     if not parent.exists():
@@ -251,6 +260,8 @@ def _check_inside(root: Path, target: Path) -> None:
     real_root, real = root.resolve(), parent.resolve()
     if real != real_root and real_root not in real.parents:
         raise ImageError(f"{target}: would be written outside the output folder ({real})")
+    if verified is not None and parent == target.parent:
+        verified.add(parent)
 
 
 def _logged(coefficients: np.ndarray | None, method: Method) -> list[list[float | None]] | None:
@@ -291,7 +302,8 @@ def _set_blas_threads(n: int) -> None:
 def _worker_task(rels: list[str], blas_threads: int) -> list[FileResult]:
     assert _WORKER_CONFIG is not None
     _set_blas_threads(blas_threads)
-    return [process_file(rel, _WORKER_CONFIG) for rel in rels]
+    verified: set[Path] = set()
+    return [process_file(rel, _WORKER_CONFIG, verified) for rel in rels]
 
 
 def chunk_size(remaining: int, workers: int) -> int:
@@ -337,8 +349,11 @@ def _results(rels: Sequence[str], config: JobConfig, workers: int) -> Iterator[F
     cpus = available_cpus()
     workers = max(1, min(workers, len(rels)))
     if workers == 1:
-        for rel in rels:
-            yield process_file(rel, config)
+        verified: set[Path] = set()
+        for i, rel in enumerate(rels):
+            if i % MAX_CHUNK == 0:
+                verified.clear()
+            yield process_file(rel, config, verified)
         return
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(workers, context, _init_worker, (config,))
