@@ -164,11 +164,8 @@ def output_paths(rel: str, config: JobConfig) -> list[str]:
     return [(p.parent / f"{p.stem}_aug{j}{p.suffix}").as_posix() for j in range(config.copies)]
 
 
-def process_file(rel: str, config: JobConfig, verified: set[Path] | None = None) -> FileResult:
-    """Read, transform and write one input; every expected problem becomes a FileResult.
-
-    ``verified``: output folders this task already checked (see :func:`_check_inside`).
-    """
+def process_file(rel: str, config: JobConfig) -> FileResult:
+    """Read, transform and write one input; every expected problem becomes a FileResult."""
     start = time.perf_counter()
     src = config.in_root / rel
 
@@ -180,7 +177,7 @@ def process_file(rel: str, config: JobConfig, verified: set[Path] | None = None)
         return result(SKIPPED, f"{src}: outputs already exist (--skip-existing)")
     try:
         for out_rel in planned:
-            _check_inside(config.out_root, config.out_root / out_rel, verified)
+            _check_inside(config.out_root, config.out_root / out_rel)
         image = read_image(src, config.max_pixels)
         ref = config.reference
         if ref is not None and ref.channels != image.channel_count:
@@ -244,15 +241,9 @@ def _coefficients(config: JobConfig, seed: int | None, channels: int) -> np.ndar
     )
 
 
-def _check_inside(root: Path, target: Path, verified: set[Path] | None = None) -> None:
-    """Refuse an output whose folder resolves outside OUT (a symbolic link planted in OUT).
-
-    ``verified`` holds folders already found inside OUT by this task (a chunk of at most
-    :data:`MAX_CHUNK` files), so a folder of many small outputs is resolved once per chunk.
-    """
+def _check_inside(root: Path, target: Path) -> None:
+    """Refuse an output whose folder resolves outside OUT (a symbolic link planted in OUT)."""
     parent = target.parent
-    if verified is not None and parent in verified:
-        return
     while not parent.exists() and parent != root:
         parent = parent.parent
     if not parent.exists():
@@ -260,8 +251,6 @@ def _check_inside(root: Path, target: Path, verified: set[Path] | None = None) -
     real_root, real = root.resolve(), parent.resolve()
     if real != real_root and real_root not in real.parents:
         raise ImageError(f"{target}: would be written outside the output folder ({real})")
-    if verified is not None and parent == target.parent:
-        verified.add(parent)
 
 
 def _logged(coefficients: np.ndarray | None, method: Method) -> list[list[float | None]] | None:
@@ -302,8 +291,7 @@ def _set_blas_threads(n: int) -> None:
 def _worker_task(rels: list[str], blas_threads: int) -> list[FileResult]:
     assert _WORKER_CONFIG is not None
     _set_blas_threads(blas_threads)
-    verified: set[Path] = set()
-    return [process_file(rel, _WORKER_CONFIG, verified) for rel in rels]
+    return [process_file(rel, _WORKER_CONFIG) for rel in rels]
 
 
 def chunk_size(remaining: int, workers: int) -> int:
@@ -349,11 +337,8 @@ def _results(rels: Sequence[str], config: JobConfig, workers: int) -> Iterator[F
     cpus = available_cpus()
     workers = max(1, min(workers, len(rels)))
     if workers == 1:
-        verified: set[Path] = set()
-        for i, rel in enumerate(rels):
-            if i % MAX_CHUNK == 0:
-                verified.clear()
-            yield process_file(rel, config, verified)
+        for rel in rels:
+            yield process_file(rel, config)
         return
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(workers, context, _init_worker, (config,))
