@@ -5,4 +5,4 @@ The numeric core (:mod:`svdharm_cli.bands`, :mod:`svdharm_cli.methods`,
 command line lives in :mod:`svdharm_cli.cli`.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

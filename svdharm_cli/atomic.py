@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 TEMP_MARKER = ".svdharm-tmp"
@@ -45,3 +45,21 @@ def write_text(final: Path, text: str, *, replace: bool = True) -> None:
     """Write ``text`` (UTF-8) atomically to ``final``."""
     with atomic_path(final, replace=replace) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def atomic_paths(finals: Sequence[Path]) -> Iterator[list[Path]]:
+    """Like :func:`atomic_path` for several files that belong together (the slices of a
+    series): all are written to temporaries first and renamed into place only when every
+    one is complete, so a failure part way leaves none of them."""
+    for final in finals:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    tmps = [temp_name(final) for final in finals]
+    try:
+        yield tmps
+        for tmp, final in zip(tmps, finals):
+            os.replace(tmp, final)
+    finally:
+        for tmp in tmps:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()

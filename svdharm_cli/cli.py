@@ -20,7 +20,8 @@ from svdharm_cli import __version__
 
 app = typer.Typer(
     name="svdharm",
-    help="SVD band harmonization and de-harmonization of PNG, JPEG and DICOM images.",
+    help="SVD band harmonization and de-harmonization of PNG, JPEG, TIFF, NIfTI and DICOM "
+    "images and volumes.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -115,6 +116,17 @@ Report = Annotated[bool, typer.Option(help="Also write the HTML QA report next t
 MaxPixels = Annotated[
     int, typer.Option(min=1, help="Refuse images with more pixels than this (before decoding).")
 ]
+PerSlice = Annotated[
+    bool,
+    typer.Option(
+        help="Statistics of each slice on its own instead of pooled over its volume (a DICOM "
+        "series, multi-frame DICOM, NIfTI volume or TIFF stack)."
+    ),
+]
+SliceAxis = Annotated[
+    int,
+    typer.Option(min=0, max=2, help="Voxel axis NIfTI volumes are cut into slices along."),
+]
 In = Annotated[
     Path, typer.Argument(metavar="IN", help="Input image, or folder walked recursively.")
 ]
@@ -128,7 +140,8 @@ def _main(
         typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
     ] = False,
 ) -> None:
-    """SVD band harmonization and de-harmonization of PNG, JPEG and DICOM images."""
+    """SVD band harmonization and de-harmonization of PNG, JPEG, TIFF, NIfTI and DICOM images
+    and volumes."""
 
 
 @app.command("fit-reference")
@@ -138,19 +151,27 @@ def fit_reference(
     output: Annotated[Path, typer.Option("--output", "-o", help="Reference JSON to write.")],
     fractions: Fractions = None,
     max_pixels: MaxPixels = 100_000_000,
+    per_slice: PerSlice = False,
+    slice_axis: SliceAxis = 2,
     quiet: Quiet = False,
 ) -> None:
-    """Fit a reference (per-band mean and std) from one image or a cohort."""
+    """Fit a reference (per-band mean and std) from one image or a cohort.
+
+    A cohort may mix kinds (gray and RGB, CT and other modalities): the reference gets one
+    entry per unit and channel count, and harmonize picks the entry that fits each input.
+    """
     from svdharm_cli import display, jobs
     from svdharm_cli.bands import DEFAULT_FRACTIONS
 
     fr = _fractions(fractions) or DEFAULT_FRACTIONS
     with display.progress("fitting", quiet) as (_, on_result):
-        reference, problems = jobs.fit_reference(refs, fr, max_pixels, on_result)
+        reference, problems = jobs.fit_reference(
+            refs, fr, max_pixels, on_result, per_slice=per_slice, slice_axis=slice_axis
+        )
     jobs.save_reference(reference, output)
     display.report_failures(problems)
     display.print_line(
-        f"reference from {len(reference.sources)} image(s), {reference.channels} channel(s), "
+        f"reference from {len(reference.sources)} file(s) ({reference.kinds()}), "
         f"fractions {list(reference.fractions)} written to {output}",
         quiet,
     )
@@ -175,9 +196,11 @@ def harmonize(
     max_pixels: MaxPixels = 100_000_000,
     skip_existing: SkipExisting = False,
     include_hidden: IncludeHidden = False,
+    per_slice: PerSlice = False,
+    slice_axis: SliceAxis = 2,
     report: Report = False,
 ) -> None:
-    """Match every band's mean and std to the reference's."""
+    """Match every band's mean and std to the reference's (pooled over each volume)."""
     from svdharm_cli.methods import Method
 
     _run(
@@ -198,6 +221,8 @@ def harmonize(
         max_pixels=max_pixels,
         skip_existing=skip_existing,
         include_hidden=include_hidden,
+        per_slice=per_slice,
+        slice_axis=slice_axis,
     )
 
 
@@ -231,9 +256,12 @@ def augment(
     max_pixels: MaxPixels = 100_000_000,
     skip_existing: SkipExisting = False,
     include_hidden: IncludeHidden = False,
+    per_slice: PerSlice = False,
+    slice_axis: SliceAxis = 2,
     report: Report = False,
 ) -> None:
-    """Write de-harmonized copies (random band coefficients) of every input."""
+    """Write de-harmonized copies (random band coefficients) of every input; each copy of
+    a volume draws one coefficient set for all its slices."""
     from svdharm_cli.methods import Method
 
     if low > high:
@@ -262,6 +290,8 @@ def augment(
         max_pixels=max_pixels,
         skip_existing=skip_existing,
         include_hidden=include_hidden,
+        per_slice=per_slice,
+        slice_axis=slice_axis,
     )
 
 
@@ -274,7 +304,10 @@ def bands(
         typer.Option("--output", "-o", help="Panel PNG [default: <stem>_bands.png here]."),
     ] = None,
     fractions: Fractions = None,
-    frame: Annotated[int, typer.Option(min=0, help="Frame of a multi-frame DICOM.")] = 0,
+    frame: Annotated[
+        int, typer.Option(min=0, help="Slice of a volume (multi-frame DICOM, NIfTI, TIFF).")
+    ] = 0,
+    slice_axis: SliceAxis = 2,
     quiet: Quiet = False,
 ) -> None:
     """Show an image's base and bands: a labelled panel PNG and a statistics table."""
@@ -283,12 +316,16 @@ def bands(
     from svdharm_cli.bands import DEFAULT_FRACTIONS
     from svdharm_cli.errors import UsageError
     from svdharm_cli.formats import read_image
-    from svdharm_cli.panel import build_panel, render
+    from svdharm_cli.panel import build_panel, display_window, render
 
-    picture = read_image(image)
+    picture = read_image(image, slice_axis=slice_axis)
     if frame >= picture.frame_count:
-        raise UsageError(f"--frame {frame}: {image} has {picture.frame_count} frame(s)")
-    panel = build_panel(picture.frames[frame], _fractions(fractions) or DEFAULT_FRACTIONS)
+        raise UsageError(f"--frame {frame}: {image} has {picture.frame_count} slice(s)")
+    panel = build_panel(
+        picture.frames[frame],
+        _fractions(fractions) or DEFAULT_FRACTIONS,
+        display_window(picture, frame),
+    )
     target = output or Path(f"{image.stem}_bands.png")
     from PIL import Image as PILImage
 

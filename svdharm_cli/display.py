@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 
 if TYPE_CHECKING:
-    from svdharm_cli.batch import FileResult
     from svdharm_cli.jobs import RunSummary
+    from svdharm_cli.worker import FileResult
 
 MAX_LISTED = 20
 

@@ -21,22 +21,22 @@ import numpy as np
 from svdharm_cli import __version__
 from svdharm_cli.atomic import write_text
 from svdharm_cli.bands import DEFAULT_FRACTIONS
-from svdharm_cli.batch import (
-    FAILED,
-    OK,
-    SKIPPED,
-    FileResult,
-    JobConfig,
-    check_roots,
-    discover,
-    run_files,
-)
+from svdharm_cli.batch import run_units
 from svdharm_cli.errors import ImageError, ReferenceFileError, SkipImage, UsageError
 from svdharm_cli.formats import DEFAULT_MAX_PIXELS, WriteOptions, read_image
-from svdharm_cli.methods import DEFAULT_HIGH, DEFAULT_LOW, Method, channel_statistics
+from svdharm_cli.methods import (
+    DEFAULT_HIGH,
+    DEFAULT_LOW,
+    Method,
+    decompose_channels,
+    pool,
+    slice_moments,
+)
+from svdharm_cli.plan import Unit, check_roots, discover, plan_units
 from svdharm_cli.reference import Reference, Source
 from svdharm_cli.runlog import LOG_FORMAT, LOG_VERSION, file_record, iso, utc_now, write_log
 from svdharm_cli.safety import OutputLock, interruptible, sweep_temporaries
+from svdharm_cli.worker import FAILED, OK, SKIPPED, FileResult, JobConfig, volumes_of
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,8 @@ class RunRequest:
     max_pixels: int = DEFAULT_MAX_PIXELS
     skip_existing: bool = False
     include_hidden: bool = False
+    per_slice: bool = False
+    slice_axis: int = 2
     argv: tuple[str, ...] = ()
 
 
@@ -93,19 +95,39 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def image_statistics(
-    path: Path, fractions: Sequence[float], max_pixels: int
-) -> tuple[list[tuple[np.ndarray, np.ndarray]], Source]:
-    """Per-channel statistics of each frame of one image file, and its source record.
+def unit_statistics(
+    root: Path,
+    unit: Unit,
+    fractions: Sequence[float],
+    max_pixels: int,
+    *,
+    per_slice: bool = False,
+    slice_axis: int = 2,
+) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], list[Source]]:
+    """Per-image statistics ``(unit, means, stds)`` of one unit of work, and its sources.
 
-    Each frame of a multi-frame file counts as one image of the cohort.
+    A volume counts as one image, its slices pooled (METHOD.md section 3a); each 3-D volume
+    of a 4-D NIfTI counts as one; with ``per_slice`` every slice counts as one image.
     """
-    image = read_image(path, max_pixels)
-    stats = [
-        channel_statistics(frame, fractions, None if image.mask is None else image.mask[f])
-        for f, frame in enumerate(image.frames)
+    images = [read_image(root / rel, max_pixels, slice_axis=slice_axis) for rel in unit.files]
+    kinds = {(im.unit, im.channel_count) for im in images}
+    if len(kinds) > 1:
+        raise ImageError(f"{root / unit.files[0]}: the files of this series differ in kind")
+    moments = []
+    for image in images:
+        for f, frame in enumerate(image.frames):
+            mask = None if image.mask is None else image.mask[f]
+            moments.append(slice_moments(decompose_channels(frame, fractions, mask)))
+    groups = [[i] for i in range(len(moments))] if per_slice else volumes_of(images)
+    stats = []
+    for group in groups:
+        pooled = pool([moments[i] for i in group])
+        stats.append((images[0].unit, pooled.means, pooled.stds))
+    sources = [
+        Source(str(root / rel), sha256_file(root / rel), im.shape, im.unit, im.channel_count)
+        for rel, im in zip(unit.files, images)
     ]
-    return stats, Source(str(path), sha256_file(path), image.shape)
+    return stats, sources
 
 
 def fit_reference(
@@ -113,41 +135,47 @@ def fit_reference(
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     on_result: Callable[[FileResult], None] = lambda r: None,
+    *,
+    per_slice: bool = False,
+    slice_axis: int = 2,
 ) -> tuple[Reference, list[FileResult]]:
     """Fit a reference from image files and folders (walked like inputs).
 
-    Files that cannot be read are reported through ``on_result`` and left out; the fit uses
-    the rest. Raises :class:`UsageError` when no image remains or channel counts disagree.
+    Images are grouped by (unit, channel count), one reference entry per group; a DICOM
+    series or other volume counts as one image. Files that cannot be read are reported
+    through ``on_result`` and left out; the fit uses the rest. Raises :class:`UsageError`
+    when no image remains.
     """
-    files: list[Path] = []
+    units: list[tuple[Path, Unit]] = []
     for p in paths:
         if not p.exists():
             raise UsageError(f"reference input {p} does not exist")
         root, rels = discover(p)
-        files.extend(root / r for r in rels)
-    if not files:
-        raise UsageError("no PNG, JPEG or DICOM images found in the reference inputs")
-    stats: list[tuple[np.ndarray, np.ndarray]] = []
+        units.extend((root, u) for u in plan_units(root, rels))
+    if not units:
+        raise UsageError("no PNG, JPEG, TIFF, NIfTI or DICOM images found in the reference inputs")
+    stats: list[tuple[str, np.ndarray, np.ndarray]] = []
     sources: list[Source] = []
     problems: list[FileResult] = []
-    for path in files:
+    for root, unit in units:
         start = time.perf_counter()
         try:
-            s, src = image_statistics(path, fractions, max_pixels)
+            s, src = unit_statistics(
+                root, unit, fractions, max_pixels, per_slice=per_slice, slice_axis=slice_axis
+            )
         except (ImageError, SkipImage) as exc:
             status = SKIPPED if isinstance(exc, SkipImage) else FAILED
-            res = FileResult(str(path), status, exc.message, (), time.perf_counter() - start)
-            problems.append(res)
-            on_result(res)
+            seconds = (time.perf_counter() - start) / len(unit.files)
+            for rel in unit.files:
+                res = FileResult(str(root / rel), status, exc.message, (), seconds, unit.volume)
+                problems.append(res)
+                on_result(res)
             continue
-        if stats and s[0][0].shape != stats[0][0].shape:
-            raise UsageError(
-                f"{path} has {s[0][0].shape[0]} colour channel(s) but {sources[0].path} has "
-                f"{stats[0][0].shape[0]}: a reference cohort must be all gray or all RGB"
-            )
         stats.extend(s)
-        sources.append(src)
-        on_result(FileResult(str(path), OK, None, (), time.perf_counter() - start))
+        sources.extend(src)
+        seconds = (time.perf_counter() - start) / len(unit.files)
+        for rel in unit.files:
+            on_result(FileResult(str(root / rel), OK, None, (), seconds, unit.volume))
     if not stats:
         raise UsageError("none of the reference images could be read", hint=problems[0].reason)
     return Reference.fit(stats, fractions, sources), problems
@@ -158,7 +186,7 @@ def save_reference(reference: Reference, path: Path) -> None:
 
 
 def load_reference(
-    path: Path, fractions: tuple[float, ...] | None, max_pixels: int
+    path: Path, fractions: tuple[float, ...] | None, max_pixels: int, slice_axis: int = 2
 ) -> tuple[Reference, dict[str, Any]]:
     """A reference from JSON, or fitted on the fly from one image; plus its log record."""
     if not path.is_file():
@@ -176,21 +204,24 @@ def load_reference(
             )
         kind = "json"
     else:
+        fr = fractions or DEFAULT_FRACTIONS
+        unit = Unit((path.name,), path.name)
         try:
-            stats, source = image_statistics(path, fractions or DEFAULT_FRACTIONS, max_pixels)
+            stats, sources = unit_statistics(
+                path.parent, unit, fr, max_pixels, slice_axis=slice_axis
+            )
         except (ImageError, SkipImage) as exc:
             raise ReferenceFileError(f"reference image: {exc.message}") from exc
-        reference = Reference.fit(stats, fractions or DEFAULT_FRACTIONS, [source])
+        reference = Reference.fit(stats, fr, sources)
         kind = "image"
+    data = reference.to_dict()
     record = {
         "path": str(path),
         "kind": kind,
         "sha256": sha256_file(path),
         "fractions": list(reference.fractions),
-        "channels": reference.channels,
-        "mean": reference.mean.tolist(),
-        "std": reference.std.tolist(),
-        "sources": reference.to_dict()["sources"],
+        "entries": data["entries"],
+        "sources": data["sources"],
     }
     return reference, record
 
@@ -212,7 +243,7 @@ def run(
     reference, ref_record = None, None
     if request.reference is not None:  # before OUT is created: a bad reference leaves no trace
         reference, ref_record = load_reference(
-            request.reference, request.fractions, request.max_pixels
+            request.reference, request.fractions, request.max_pixels, request.slice_axis
         )
     with OutputLock(request.out):
         sweep_temporaries(request.out)
@@ -227,6 +258,7 @@ def run(
             skip_dirs=[request.out],
             include_hidden=request.include_hidden,
         )
+        units = plan_units(root, rels)
         config = JobConfig(
             method=request.method,
             fractions=fractions,
@@ -242,10 +274,13 @@ def run(
             max_pixels=request.max_pixels,
             skip_existing=request.skip_existing,
             provenance=_provenance(request.method, fractions, request, seed, ref_record),
+            label=f"svdharm {request.command}",
+            per_slice=request.per_slice,
+            slice_axis=request.slice_axis,
         )
         on_start(len(rels))
         with interruptible():
-            outcome = run_files(rels, config, request.workers, on_result)
+            outcome = run_units(units, config, request.workers, on_result)
         if outcome.interrupted is not None:
             sweep_temporaries(request.out)
         results = outcome.results
@@ -276,6 +311,9 @@ def run(
                 **{s: sum(r.status == s for r in results) for s in (OK, SKIPPED, FAILED)},
                 "not_processed": len(rels) - len(results),
             },
+            "volumes": [
+                {"volume": u.volume, "files": list(u.files)} for u in units if u.volume is not None
+            ],
             "files": [file_record(r) for r in results],
         }
         log_path = write_log(data, request.out, request.command, request.log)
@@ -325,4 +363,6 @@ def _parameters(request: RunRequest, fractions: tuple[float, ...]) -> dict[str, 
         "png_compression": request.write.png_compression,
         "jpeg_quality": request.write.jpeg_quality,
         "max_pixels": request.max_pixels,
+        "per_slice": request.per_slice,
+        "slice_axis": request.slice_axis,
     }

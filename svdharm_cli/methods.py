@@ -10,12 +10,18 @@ an affine map per component, ``c_i -> a_i c_i + b_i``, so one routine applies al
 
 Random coefficients are drawn first (:func:`draw_coefficients`, from one integer seed) and
 then applied deterministically, so a logged seed or coefficient set replays an output.
+
+Volumes (METHOD.md section 3a): every slice is decomposed on its own, its :class:`Moments`
+are taken (:func:`slice_moments`), the moments of all slices are pooled exactly
+(:func:`pool`), and :func:`transform` applies the same map to every slice with the pooled
+statistics passed as ``stats``.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
@@ -64,6 +70,51 @@ def channel_statistics(
     """
     stats = [b.stats for b in decompose_channels(channels, fractions, mask)]
     return np.stack([m for m, _ in stats]), np.stack([s for _, s in stats])
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Per-channel, per-component mean and population std over ``count`` pixels.
+
+    Attributes
+    ----------
+    count
+        Pixels the statistics were taken over (the mask's foreground, or every pixel).
+    means, stds
+        float64 arrays ``(c, n_components)``.
+    """
+
+    count: int
+    means: np.ndarray
+    stds: np.ndarray
+
+
+def slice_moments(bands: Sequence[Bands]) -> Moments:
+    """The moments of one decomposed slice (its channels share one mask)."""
+    first = bands[0]
+    count = first.x.size if first.mask is None else int(first.mask.sum())
+    stats = [b.stats for b in bands]
+    return Moments(count, np.stack([m for m, _ in stats]), np.stack([s for _, s in stats]))
+
+
+def pool(moments: Sequence[Moments]) -> Moments:
+    """Exact pooled moments of several slices, as if all their pixels were one sample.
+
+    ``mean = sum n_s m_s / N`` and ``var = sum n_s (s_s^2 + (m_s - mean)^2) / N``: the
+    population variance of the union, not an average of the slices' statistics. Slices with
+    no pixel (an all-padding slice) weigh nothing.
+    """
+    if not moments:
+        raise ValueError("nothing to pool")
+    total = sum(m.count for m in moments)
+    if total == 0:
+        return Moments(0, np.zeros_like(moments[0].means), np.zeros_like(moments[0].stds))
+    weights = np.array([m.count / total for m in moments])
+    means = np.stack([m.means for m in moments])
+    stds = np.stack([m.stds for m in moments])
+    mean = np.einsum("s,sij->ij", weights, means)
+    var = np.einsum("s,sij->ij", weights, stds**2 + (means - mean) ** 2)
+    return Moments(total, mean, np.sqrt(np.maximum(var, 0.0)))
 
 
 def harmonize(
@@ -118,12 +169,15 @@ def transform(
     reference: tuple[np.ndarray, np.ndarray] | None = None,
     coefficients: np.ndarray | None = None,
     clip: bool = True,
+    stats: Moments | None = None,
 ) -> np.ndarray:
     """Apply one of the three methods to already decomposed channels.
 
     With only ``reference`` (means, stds) this harmonizes; with only ``coefficients`` it
-    de-harmonizes; with both, the base is harmonized and the bands scaled. Returns float64
-    ``(c, h, w)``, clipped to [0, 1] when ``clip``.
+    de-harmonizes; with both, the base is harmonized and the bands scaled. ``stats`` are
+    the input statistics matched to the reference: the channels' own by default, or a
+    volume's pooled :class:`Moments`. Returns float64 ``(c, h, w)``, clipped to [0, 1] when
+    ``clip`` (callers whose unit has no [0, 1] range saturate when they store the values).
     """
     if reference is None and coefficients is None:
         raise ValueError("need a reference, coefficients, or both")
@@ -143,7 +197,7 @@ def transform(
         scales = np.ones(n) if coefficients is None else np.array(coefficients[k], dtype=float)
         offset = 0.0
         if reference is not None:
-            m, s = channel.stats
+            m, s = channel.stats if stats is None else (stats.means[k], stats.stds[k])
             for i in range(matched):
                 scales[i] = reference[1][k, i] / s[i] if s[i] > ZERO_STD else 1.0
                 offset += reference[0][k, i] - scales[i] * m[i]

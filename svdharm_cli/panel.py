@@ -7,7 +7,9 @@ Display mapping (what a tile shows, in 8 bits):
   ``clip(0.5 + g * c, 0, 1) * 255`` with ``g = 0.5 / (4 * std(c))`` (so +-4 standard
   deviations span black to white); the gain ``g`` is printed in the tile's label.
 
-Values are in normalized units, so a MONOCHROME1 DICOM is shown in MONOCHROME2 polarity.
+Normalized values are shown as they are (so a MONOCHROME1 DICOM is shown in MONOCHROME2
+polarity); Hounsfield units and raw NIfTI values through a window spanning the input's 1st to
+99th percentile, since they have no [0, 1] range.
 Tiles wider or taller than :data:`MAX_TILE` pixels are shrunk for display (the statistics
 are always those of the full-size image). This module only computes arrays and draws;
 the CLI reads and writes the files.
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from svdharm_cli.bands import DEFAULT_FRACTIONS, decompose
+from svdharm_cli.formats import NORMALIZED, Image
 
 MAX_TILE = 512
 LABEL_HEIGHT = 44
@@ -57,8 +60,22 @@ def component_names(n_components: int) -> list[str]:
     return ["base"] + [f"band {i}" for i in range(1, n_components - 1)] + ["finest band"]
 
 
-def build_panel(channels: np.ndarray, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> Panel:
-    """Decompose ``(c, h, w)`` normalized channels and lay out what the panel shows."""
+def display_window(image: Image, frame: int = 0) -> tuple[float, float]:
+    """The values shown black and white: [0, 1] for normalized units, else the 1st and 99th
+    percentiles of the frame."""
+    if image.unit == NORMALIZED:
+        return 0.0, 1.0
+    lo, hi = np.percentile(image.frames[frame], [1, 99])
+    return float(lo), float(hi) if hi > lo else float(lo) + 1.0
+
+
+def build_panel(
+    channels: np.ndarray,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    window: tuple[float, float] = (0.0, 1.0),
+) -> Panel:
+    """Decompose ``(c, h, w)`` channels and lay out what the panel shows; the input and
+    the base are shown through ``window``."""
     bands = [decompose(ch, fractions) for ch in channels]
     comps = np.stack([b.components() for b in bands], axis=1)  # (n, c, h, w)
     n = comps.shape[0]
@@ -66,14 +83,14 @@ def build_panel(channels: np.ndarray, fractions: Sequence[float] = DEFAULT_FRACT
     edges = (0, *bands[0].ranks, r)
     total = float(np.einsum("ijkl,ijkl->", comps, comps)) or 1.0
     names = component_names(n)
-    tiles = [to_display(channels)]
+    tiles = [to_display(channels, window=window)]
     labels = [("input", f"{channels.shape[2]}x{channels.shape[1]}, {channels.shape[0]} channel(s)")]
     rows = []
     for i in range(n):
         energy = float(np.einsum("jkl,jkl->", comps[i], comps[i])) / total
         first, last = edges[i] + 1, max(edges[i + 1], edges[i] + 1)
         if i == 0:
-            tiles.append(to_display(comps[i]))
+            tiles.append(to_display(comps[i], window=window))
             stretch = "intensity"
         else:
             gain = band_gain(comps[i])
@@ -95,9 +112,15 @@ def band_gain(component: np.ndarray) -> float:
     return 0.5 / max(4.0 * float(component.std()), 1e-9)
 
 
-def to_display(channels: np.ndarray, gain: float | None = None) -> np.ndarray:
-    """``(c, h, w)`` to display values ``(h, w, 3)`` in [0, 1] (gray repeated to RGB)."""
-    x = channels if gain is None else 0.5 + gain * channels
+def to_display(
+    channels: np.ndarray,
+    gain: float | None = None,
+    window: tuple[float, float] = (0.0, 1.0),
+) -> np.ndarray:
+    """``(c, h, w)`` to display values ``(h, w, 3)`` in [0, 1] (gray repeated to RGB): a
+    band around mid-gray with ``gain``, else intensities through ``window``."""
+    lo, hi = window
+    x = 0.5 + gain * channels if gain is not None else (channels - lo) / (hi - lo)
     x = np.clip(np.moveaxis(x, 0, -1), 0.0, 1.0)
     return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
 

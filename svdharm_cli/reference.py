@@ -1,23 +1,30 @@
-"""The reference: per-channel, per-component target statistics (METHOD.md section 3).
+"""The reference: target statistics per unit and channel count (METHOD.md sections 1 and 3).
 
-A reference is fitted once, from one image or a cohort (each statistic is the plain average
-over images of the per-image statistic), and stored as JSON, never pickle::
+A reference is fitted once, from one image or a cohort, and stored as JSON, never pickle.
+A cohort may mix kinds of images: its images are grouped by (unit, channel count) and each
+group gives one *entry*, whose statistics are the plain average over the group's images (a
+volume counts as one image, with its slices pooled)::
 
     {
       "format": "svdharm-reference",
-      "format_version": 1,
-      "tool_version": "0.1.0",
+      "format_version": 2,
+      "tool_version": "0.2.0",
       "fractions": [0.07, 0.2, 0.5],
-      "channels": 1,
       "components": ["base", "band1", "band2", "band3"],
-      "mean": [[...4 numbers...]],          # one row per channel, normalized units
-      "std": [[...4 numbers...]],           # population std (ddof 0)
-      "sources": [{"path": "...", "sha256": "...", "shape": [h, w]}]
+      "entries": [
+        {"unit": "normalized", "channels": 1, "images": 12,
+         "mean": [[...4 numbers...]], "std": [[...4 numbers...]]},
+        {"unit": "HU", "channels": 1, "images": 3, "mean": [[...]], "std": [[...]]}
+      ],
+      "sources": [{"path": "...", "sha256": "...", "shape": [h, w], "unit": "normalized",
+                   "channels": 1}]
     }
 
-Statistics are in normalized units, so a reference fitted on 8-bit PNGs harmonizes 16-bit
-data and the other way round. :meth:`Reference.from_json` checks every field and names the
-one that is wrong.
+``mean`` and ``std`` have one row per channel and are in the entry's unit: ``normalized``
+(a reference fitted on 8-bit PNGs harmonizes 16-bit data and the other way round), ``HU``
+(CT) or ``raw`` (NIfTI). An input is harmonized with the entry of its own unit and channel
+count only. Version-1 files (one set of statistics, normalized) are read as one entry.
+:meth:`Reference.from_json` checks every field and names the one that is wrong.
 """
 
 from __future__ import annotations
@@ -35,58 +42,102 @@ from svdharm_cli.bands import validate_fractions
 from svdharm_cli.errors import ReferenceFileError
 
 FORMAT_NAME = "svdharm-reference"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+UNITS = ("normalized", "HU", "raw")
 
 
 @dataclass(frozen=True)
 class Source:
-    """One image a reference was fitted from."""
+    """One image (or volume) a reference was fitted from."""
 
     path: str
     sha256: str
     shape: tuple[int, ...]
+    unit: str = "normalized"
+    channels: int = 1
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Target statistics for one (unit, channel count): ``(channels, n_components)`` each,
+    float64, in ``unit``; ``images`` is how many images (or volumes) were averaged."""
+
+    unit: str
+    channels: int
+    mean: np.ndarray
+    std: np.ndarray
+    images: int = 1
+
+    @property
+    def kind(self) -> str:
+        return describe_kind(self.unit, self.channels)
+
+
+def describe_kind(unit: str, channels: int) -> str:
+    """``"gray (1 channel) in normalized units"``, ...: how messages name a kind of image."""
+    colour = {1: "gray (1 channel)", 3: "RGB (3 channels)"}.get(channels, f"{channels} channels")
+    return f"{colour} in {unit} units"
 
 
 @dataclass(frozen=True)
 class Reference:
-    """Target statistics, shape ``(channels, n_components)`` each, float64, normalized units."""
+    """Target statistics per (unit, channel count), for one set of band fractions."""
 
     fractions: tuple[float, ...]
-    mean: np.ndarray
-    std: np.ndarray
+    entries: tuple[Entry, ...]
     sources: tuple[Source, ...] = ()
     tool_version: str = __version__
-
-    @property
-    def channels(self) -> int:
-        return int(self.mean.shape[0])
 
     @property
     def n_components(self) -> int:
         return len(self.fractions) + 1
 
+    def entry(self, unit: str, channels: int) -> Entry | None:
+        """The entry for images of ``unit`` with ``channels`` channels, if there is one."""
+        for e in self.entries:
+            if e.unit == unit and e.channels == channels:
+                return e
+        return None
+
+    def kinds(self) -> str:
+        """The kinds of image this reference harmonizes, for messages."""
+        return "; ".join(e.kind for e in self.entries)
+
     @classmethod
     def fit(
         cls,
-        stats: Sequence[tuple[np.ndarray, np.ndarray]],
+        stats: Sequence[tuple[str, np.ndarray, np.ndarray]],
         fractions: Sequence[float],
         sources: Sequence[Source] = (),
     ) -> Reference:
-        """Average per-image ``(mean, std)`` arrays, each ``(channels, n_components)``.
+        """Average per-image ``(unit, mean, std)`` statistics (``(channels, n_components)``
+        arrays) within each (unit, channel count) group.
 
         Raises
         ------
         ValueError
-            When there are no images, or their shapes differ (e.g. gray with RGB).
+            When there are no images, or an image's arrays do not fit the fractions.
         """
         if not stats:
             raise ValueError("a reference needs at least one image")
-        shapes = {m.shape for m, _ in stats} | {s.shape for _, s in stats}
-        if len(shapes) != 1:
-            raise ValueError(f"reference images disagree in channels/components: {sorted(shapes)}")
-        mean = np.mean([m for m, _ in stats], axis=0)
-        std = np.mean([s for _, s in stats], axis=0)
-        return cls(validate_fractions(fractions), mean, std, tuple(sources))
+        fr = validate_fractions(fractions)
+        groups: dict[tuple[str, int], list[tuple[np.ndarray, np.ndarray]]] = {}
+        for unit, mean, std in stats:
+            if mean.shape != std.shape or mean.ndim != 2 or mean.shape[1] != len(fr) + 1:
+                raise ValueError(f"statistics of shape {mean.shape} do not fit {len(fr)} cuts")
+            groups.setdefault((unit, mean.shape[0]), []).append((mean, std))
+        entries = tuple(
+            Entry(
+                unit,
+                channels,
+                np.mean([m for m, _ in items], axis=0),
+                np.mean([s for _, s in items], axis=0),
+                len(items),
+            )
+            for (unit, channels), items in sorted(groups.items(), key=_entry_order)
+        )
+        return cls(fr, entries, tuple(sources))
 
     def to_dict(self) -> dict[str, Any]:
         n = self.n_components
@@ -95,12 +146,26 @@ class Reference:
             "format_version": FORMAT_VERSION,
             "tool_version": self.tool_version,
             "fractions": list(self.fractions),
-            "channels": self.channels,
             "components": ["base"] + [f"band{i}" for i in range(1, n)],
-            "mean": self.mean.tolist(),
-            "std": self.std.tolist(),
+            "entries": [
+                {
+                    "unit": e.unit,
+                    "channels": e.channels,
+                    "images": e.images,
+                    "mean": e.mean.tolist(),
+                    "std": e.std.tolist(),
+                }
+                for e in self.entries
+            ],
             "sources": [
-                {"path": s.path, "sha256": s.sha256, "shape": list(s.shape)} for s in self.sources
+                {
+                    "path": s.path,
+                    "sha256": s.sha256,
+                    "shape": list(s.shape),
+                    "unit": s.unit,
+                    "channels": s.channels,
+                }
+                for s in self.sources
             ],
         }
 
@@ -126,8 +191,11 @@ class Reference:
         if data.get("format") != FORMAT_NAME:
             raise bad("format", f"must be {FORMAT_NAME!r}")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise bad("format_version", f"is {version!r}; this svdharm reads {FORMAT_VERSION}")
+        if version not in READABLE_VERSIONS:
+            raise bad(
+                "format_version",
+                f"is {version!r}; this svdharm reads versions {list(READABLE_VERSIONS)}",
+            )
         raw_fractions = data.get("fractions")
         if not isinstance(raw_fractions, list) or not all(_is_number(f) for f in raw_fractions):
             raise bad("fractions", "must be a list of numbers")
@@ -135,18 +203,38 @@ class Reference:
             fractions = validate_fractions(raw_fractions)
         except ValueError as exc:
             raise bad("fractions", f"is invalid: {exc}") from exc
-        channels = data.get("channels")
-        if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
-            raise bad("channels", "must be a positive integer")
-        shape = (channels, len(fractions) + 1)
-        arrays = {}
-        for name in ("mean", "std"):
-            value = data.get(name)
-            if not _is_matrix(value, shape):
-                raise bad(name, f"must be {shape[0]} rows of {shape[1]} finite numbers")
-            arrays[name] = np.asarray(value, dtype=np.float64)
-        if (arrays["std"] < 0).any():
-            raise bad("std", "must not hold negative values")
+        n = len(fractions) + 1
+        raw_entries: Any
+        if version == 1:
+            raw_entries = [{**data, "unit": "normalized", "images": len(data.get("sources", []))}]
+        else:
+            raw_entries = data.get("entries")
+            if not isinstance(raw_entries, list) or not raw_entries:
+                raise bad("entries", "must be a non-empty list")
+        entries: list[Entry] = []
+        for i, raw in enumerate(raw_entries):
+            where = "" if version == 1 else f"entries[{i}]."
+            if not isinstance(raw, dict):
+                raise bad(f"entries[{i}]", "must be an object")
+            unit = raw.get("unit")
+            if unit not in UNITS:
+                raise bad(f"{where}unit", f"must be one of {list(UNITS)}")
+            channels = raw.get("channels")
+            if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+                raise bad(f"{where}channels", "must be a positive integer")
+            arrays = {}
+            for name in ("mean", "std"):
+                value = raw.get(name)
+                if not _is_matrix(value, (channels, n)):
+                    raise bad(f"{where}{name}", f"must be {_rows(channels)} of {n} finite numbers")
+                arrays[name] = np.asarray(value, dtype=np.float64)
+            if (arrays["std"] < 0).any():
+                raise bad(f"{where}std", "must not hold negative values")
+            if any(e.unit == unit and e.channels == channels for e in entries):
+                raise bad(f"{where}unit", f"repeats the entry for {describe_kind(unit, channels)}")
+            images = raw.get("images", 1)
+            images = images if isinstance(images, int) and images >= 0 else 1
+            entries.append(Entry(unit, channels, arrays["mean"], arrays["std"], images))
         sources = []
         raw_sources = data.get("sources", [])
         if not isinstance(raw_sources, list):
@@ -157,12 +245,31 @@ class Reference:
                 and isinstance(src.get("path"), str)
                 and isinstance(src.get("sha256"), str)
                 and isinstance(src.get("shape"), list)
-                and all(isinstance(n, int) for n in src["shape"])
+                and all(isinstance(k, int) for k in src["shape"])
             ):
                 raise bad(f"sources[{i}]", "must have a string path and sha256 and a shape list")
-            sources.append(Source(src["path"], src["sha256"], tuple(src["shape"])))
+            unit = src.get("unit", "normalized")
+            channels = src.get("channels", 1)
+            sources.append(
+                Source(
+                    src["path"],
+                    src["sha256"],
+                    tuple(src["shape"]),
+                    unit if isinstance(unit, str) else "normalized",
+                    channels if isinstance(channels, int) else 1,
+                )
+            )
         tool_version = data.get("tool_version", "unknown")
-        return cls(fractions, arrays["mean"], arrays["std"], tuple(sources), str(tool_version))
+        return cls(fractions, tuple(entries), tuple(sources), str(tool_version))
+
+
+def _entry_order(item: tuple[tuple[str, int], Any]) -> tuple[int, int]:
+    (unit, channels), _ = item
+    return UNITS.index(unit) if unit in UNITS else len(UNITS), channels
+
+
+def _rows(count: int) -> str:
+    return "1 row" if count == 1 else f"{count} rows"
 
 
 def _is_number(value: Any) -> bool:

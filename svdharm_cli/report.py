@@ -124,13 +124,13 @@ def _png_uri(rgb: np.ndarray, max_side: int | None = THUMBNAIL) -> str:
 
 
 def _gallery_item(record: dict[str, Any], source: Image, result: Image) -> dict[str, str]:
-    from svdharm_cli.panel import to_display
+    from svdharm_cli.panel import display_window, to_display
 
     return {
         "path": record["path"],
         "output": record["outputs"][0]["path"],
-        "before": _png_uri(to_display(source.frames[0])),
-        "after": _png_uri(to_display(result.frames[0])),
+        "before": _png_uri(to_display(source.frames[0], window=display_window(source))),
+        "after": _png_uri(to_display(result.frames[0], window=display_window(source))),
     }
 
 
@@ -147,6 +147,9 @@ def _statistics_plot(
     from svdharm_cli.methods import channel_statistics
 
     fractions = log["parameters"]["fractions"]
+    if pairs:  # one kind of image per plot: the first sampled pair's unit and channels
+        kind = (pairs[0][1].unit, pairs[0][1].channel_count)
+        pairs = [pair for pair in pairs if (pair[1].unit, pair[1].channel_count) == kind]
     before = [channel_statistics(s.frames[0], fractions, _mask(s)) for _, s, _ in pairs]
     after = [channel_statistics(r.frames[0], fractions, _mask(r)) for _, _, r in pairs]
     if not before:
@@ -161,7 +164,7 @@ def _statistics_plot(
     n = len(fractions) + 1
     names = component_names(n)
     ref = log.get("reference")
-    ref_stats = _reference_stats(ref)
+    ref_stats = _reference_stats(ref, pairs[0][1].unit, pairs[0][1].channel_count)
     fig, axes = plt.subplots(2, n, figsize=(3.2 * n, 5.2), squeeze=False)
     x = np.arange(len(before))
     for row, (label, which) in enumerate((("mean", 0), ("std", 1))):
@@ -198,14 +201,26 @@ def _mask(image: Image) -> np.ndarray | None:
     return None if image.mask is None else image.mask[0]
 
 
-def _reference_stats(ref: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """The reference's statistics as the log recorded them (None without a reference)."""
-    if not ref or "mean" not in ref or "std" not in ref:
+def _reference_stats(
+    ref: dict[str, Any] | None, unit: str, channels: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The statistics of the reference entry for ``unit`` and ``channels``, as the log
+    recorded them (None without a reference or such an entry; logs of version 0.1 held one
+    normalized entry as ``mean`` and ``std``)."""
+    if not ref:
         return None
-    try:
-        return np.asarray(ref["mean"], dtype=float), np.asarray(ref["std"], dtype=float)
-    except (ValueError, TypeError):
-        return None
+    entries = ref.get("entries") or [{"unit": "normalized", **ref}]
+    for entry in entries:
+        if not isinstance(entry, dict) or entry.get("unit") != unit:
+            continue
+        try:
+            mean = np.asarray(entry["mean"], dtype=float)
+            std = np.asarray(entry["std"], dtype=float)
+        except (KeyError, ValueError, TypeError):
+            return None
+        if mean.shape[0] == channels:
+            return mean, std
+    return None
 
 
 def _coefficient_plot(log: dict[str, Any]) -> tuple[str | None, str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from svdharm_cli.atomic import write_text
-from svdharm_cli.batch import FileResult
+from svdharm_cli.worker import FileResult
 
 LOG_FORMAT = "svdharm-run-log"
 LOG_VERSION = 1

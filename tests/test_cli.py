@@ -26,16 +26,18 @@ def test_version_and_help() -> None:
 
 def test_fit_reference_file(gray_reference: Path) -> None:
     data = json.loads(gray_reference.read_text())
-    assert data["format"] == "svdharm-reference" and data["format_version"] == 1
-    assert data["fractions"] == [0.07, 0.2, 0.5] and data["channels"] == 1
+    assert data["format"] == "svdharm-reference" and data["format_version"] == 2
+    assert data["fractions"] == [0.07, 0.2, 0.5]
+    [entry] = data["entries"]
+    assert (entry["unit"], entry["channels"], entry["images"]) == ("normalized", 1, 2)
     assert len(data["sources"]) == 2
     for src in data["sources"]:
         assert len(src["sha256"]) == 64 and len(src["shape"]) == 2
     # The cohort statistic is the plain average of the per-image statistics.
     refs = gray_reference.parent / "refs"
     stats = [channel_statistics(load(p)[None] / 255.0) for p in sorted(refs.glob("*.png"))]
-    np.testing.assert_allclose(data["mean"], np.mean([m for m, _ in stats], axis=0), atol=1e-12)
-    np.testing.assert_allclose(data["std"], np.mean([s for _, s in stats], axis=0), atol=1e-12)
+    np.testing.assert_allclose(entry["mean"], np.mean([m for m, _ in stats], axis=0), atol=1e-12)
+    np.testing.assert_allclose(entry["std"], np.mean([s for _, s in stats], axis=0), atol=1e-12)
 
 
 def test_harmonize_tree(gray_tree: Path, gray_reference: Path, tmp_path: Path) -> None:
@@ -56,7 +58,7 @@ def test_harmonize_tree(gray_tree: Path, gray_reference: Path, tmp_path: Path) -
     assert log["reference"]["path"] == str(gray_reference) and len(log["reference"]["sha256"]) == 64
     ref_file = json.loads(gray_reference.read_text())
     assert (
-        log["reference"]["mean"] == ref_file["mean"] and log["reference"]["std"] == ref_file["std"]
+        log["reference"]["entries"] == ref_file["entries"]
     )
     assert log["counts"] == {"ok": 4, "skipped": 0, "failed": 0, "not_processed": 0}
     assert log["status"] == "completed" and log["signal"] is None
@@ -77,7 +79,7 @@ def test_harmonized_pixels_within_bound_of_oracle(
     assert svdharm("harmonize", gray_tree, out, "--reference", gray_reference).code == 0
     ref = json.loads(gray_reference.read_text())
     x = load(gray_tree / rel) / (2**bits - 1)
-    expected = oracle.to_stored(oracle.harmonize_channel(x, ref["mean"][0], ref["std"][0]), bits)
+    expected = oracle.to_stored(oracle.harmonize_channel(x, ref["entries"][0]["mean"][0], ref["entries"][0]["std"][0]), bits)
     diff = np.abs(load(out / rel).astype(np.int64) - expected)
     assert diff.max() <= bound
 
@@ -154,7 +156,7 @@ def test_combined_method_with_reference(
     assert coef[0] is None and all(isinstance(c, float) for c in coef[1:])
     ref = json.loads(gray_reference.read_text())
     x = load(gray_tree / "site2/d.png") / 255.0
-    expected = oracle.to_stored(oracle.combined_channel(x, ref["mean"][0], ref["std"][0], coef), 8)
+    expected = oracle.to_stored(oracle.combined_channel(x, ref["entries"][0]["mean"][0], ref["entries"][0]["std"][0], coef), 8)
     assert np.abs(load(out / "site2/d_aug0.png").astype(np.int64) - expected).max() <= 1
 
 
@@ -197,7 +199,10 @@ def test_channel_mismatch_is_a_per_file_error(
     out = tmp_path / "out"
     result = svdharm("harmonize", gray_tree, out, "--reference", gray_reference)
     assert result.code == 1
-    assert "colour.png: has 3 colour channel(s) but the reference has 1" in result.stderr
+    assert (
+        "colour.png: is RGB (3 channels) in normalized units, but the reference has statistics "
+        "only for gray (1 channel) in normalized units"
+    ) in result.stderr
     assert (out / "site1/a.png").exists() and not (out / "colour.png").exists()
 
 
@@ -239,11 +244,11 @@ def test_invalid_reference_json_names_field(
     gray_tree: Path, gray_reference: Path, tmp_path: Path
 ) -> None:
     data = json.loads(gray_reference.read_text())
-    data["std"][0][1] = -0.5
+    data["entries"][0]["std"][0][1] = -0.5
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(data))
     result = svdharm("harmonize", gray_tree, tmp_path / "o", "--reference", bad)
-    assert result.code == 2 and "'std'" in result.stderr
+    assert result.code == 2 and "'entries[0].std'" in result.stderr
 
 
 def test_out_inside_in_is_excluded_and_logs_kept(gray_tree: Path, gray_reference: Path) -> None:

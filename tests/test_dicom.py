@@ -219,7 +219,7 @@ def test_monochrome1_12bit_harmonized_within_bound_of_oracle(tmp_path: Path) -> 
     assert svdharm("harmonize", src.parent, out, "--reference", reference).code == 0
     ref = json.loads(reference.read_text())
     x = 1.0 - pixels / 4095.0  # MONOCHROME1 processed in MONOCHROME2 polarity
-    y = oracle.harmonize_channel(x, ref["mean"][0], ref["std"][0])
+    y = oracle.harmonize_channel(x, ref["entries"][0]["mean"][0], ref["entries"][0]["std"][0])
     expected = np.rint((1.0 - np.clip(y, 0, 1)) * 4095).astype(np.int64)
     got = pydicom.dcmread(out / "m1.dcm").pixel_array.astype(np.int64)
     assert np.abs(got - expected).max() <= 1  # max(1, 2**(12 - 12)) levels

@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import svdharm_cli.batch as batch
-from svdharm_cli.batch import FAILED, OK, SKIPPED, JobConfig, process_file
+import svdharm_cli.worker as worker
+from svdharm_cli.worker import FAILED, OK, SKIPPED, JobConfig, process_file
 from svdharm_cli.errors import ImageError
 from svdharm_cli.formats import read_image
 from svdharm_cli.methods import Method
@@ -242,11 +242,11 @@ def test_disk_full_removes_partial_output_and_keeps_earlier(tmp_path: Path, monk
     assert process_file("a.png", config).status == OK
     earlier = (out / "a_aug0.png").read_bytes()
 
-    def full_disk(image, frames, path, options, context) -> None:
-        Path(path).write_bytes(b"partial")
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    def full_disk(images, frames, paths, options, context) -> None:
+        Path(paths[0]).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(paths[0]))
 
-    monkeypatch.setattr(batch, "write_image", full_disk)
+    monkeypatch.setattr(worker, "write_images", full_disk)
     res = process_file("b.png", config)
     assert res.status == FAILED and "No space left on device" in res.reason
     assert sorted(p.name for p in out.iterdir()) == ["a_aug0.png"]

@@ -1,17 +1,28 @@
 """File formats behind one small interface.
 
 Each format module provides a :class:`FormatHandler`: ``can_read(path, head)`` says whether
-it takes a file (by name or by its first bytes), ``read(path, max_pixels)`` returns an
-:class:`Image` whose channels are in normalized units (METHOD.md section 1), and
-``write(image, frames, path, options, context)`` writes new pixels back in the input's
-format, bit depth, frame count and channel layout. Formats never do the method's math; the
-method never opens a file. Adding a format is adding a module and listing its handler in
-``_handlers``.
+it takes a file (by name or by its first bytes), ``read(path, max_pixels, check)`` returns an
+:class:`Image` whose values are in its working unit (METHOD.md section 1), and
+``write(image, frames, path, options, context)`` writes new values back in the input's
+format, bit depth, frame count and channel layout, saturating them to what the file can
+store. Formats never do the method's math; the method never opens a file. Adding a format is
+adding a module and listing its handler in ``_handlers``.
+
+Units
+-----
+- ``normalized``: stored values mapped onto [0, 1] by the nominal range (PNG, JPEG, TIFF,
+  integer NIfTI, and DICOM other than CT, after Rescale Slope/Intercept).
+- ``HU``: CT in Hounsfield units (Rescale Slope/Intercept applied); no [0, 1] mapping.
+- ``raw``: floating-point NIfTI values as they are (after ``scl_slope``/``scl_inter``);
+  such data has no nominal range, so nothing is saturated.
+
+Readers call ``check`` with an :class:`ImageInfo` taken from the header before any pixel is
+decoded, so that a file that cannot match the reference is refused at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,6 +30,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from svdharm_cli.errors import ImageError
+
+NORMALIZED = "normalized"
+HU = "HU"
+RAW = "raw"
+UNITS = (NORMALIZED, HU, RAW)
 
 DEFAULT_MAX_PIXELS = 100_000_000
 """Images with more pixels than this are refused before their pixels are decoded."""
@@ -61,11 +77,45 @@ class OutputContext:
     series_key
         Shared by the outputs of one run and copy index: new series UIDs derive from it
         and the source series.
+    label
+        Short name of what made the output (e.g. ``svdharm harmonize``), appended to the
+        DICOM Series Description.
+    copy
+        The copy index (0 for harmonize); derived series numbers are kept apart by it.
     """
 
     description: str = ""
     instance_key: str = ""
     series_key: str = ""
+    label: str = ""
+    copy: int = 0
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a header says before pixels are decoded.
+
+    Attributes
+    ----------
+    channels
+        Colour channels processed (alpha excluded).
+    unit
+        One of :data:`UNITS`.
+    frames
+        2-D slices the file holds.
+    """
+
+    channels: int
+    unit: str
+    frames: int
+
+
+Check = Callable[[ImageInfo], None]
+"""Called by readers with the header's :class:`ImageInfo`; raises to refuse the file."""
+
+
+def no_check(info: ImageInfo) -> None:
+    """The default check: accept every file."""
 
 
 @dataclass(frozen=True)
@@ -75,8 +125,8 @@ class Image:
     Attributes
     ----------
     frames
-        float64 array ``(f, c, h, w)`` in normalized units (METHOD.md section 1); each frame
-        is processed as its own 2-D image. PNG and JPEG have one frame.
+        float64 array ``(f, c, h, w)`` in the working ``unit``; each frame is one 2-D slice.
+        PNG and JPEG have one frame.
     alpha
         The alpha channel as stored (``(h, w)``), carried through untouched; or None.
     bits
@@ -89,6 +139,11 @@ class Image:
     mask
         Optional boolean ``(f, h, w)``: False marks pixels excluded from the statistics and
         written back unchanged (DICOM Pixel Padding Value).
+    unit
+        The working unit of ``frames``, one of :data:`UNITS`.
+    volumes
+        The frames form this many volumes of equal size, one after the other (a 4-D NIfTI
+        is several 3-D volumes); slice statistics are pooled within each.
     """
 
     frames: np.ndarray
@@ -97,6 +152,12 @@ class Image:
     format: str
     meta: Mapping[str, Any] = field(default_factory=dict)
     mask: np.ndarray | None = None
+    unit: str = NORMALIZED
+    volumes: int = 1
+
+    @property
+    def info(self) -> ImageInfo:
+        return ImageInfo(self.channel_count, self.unit, self.frame_count)
 
     @property
     def channels(self) -> np.ndarray:
@@ -136,19 +197,31 @@ class FormatHandler(Protocol):
         """Whether this handler takes ``path``; ``head`` is its first 132 bytes."""
         ...
 
-    def read(self, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
-        """Decode ``path``; raise :class:`ImageError` (or :class:`SkipImage`) when it can't."""
+    def read(
+        self,
+        path: Path,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        check: Check = no_check,
+        slice_axis: int = 2,
+    ) -> Image:
+        """Decode ``path``; raise :class:`ImageError` (or :class:`SkipImage`) when it can't.
+
+        ``check`` is called with the header's :class:`ImageInfo` before pixels are decoded;
+        ``slice_axis`` is the voxel axis a NIfTI volume is cut along (other formats ignore it).
+        """
         ...
 
     def write(
         self,
-        image: Image,
-        frames: np.ndarray,
-        path: Path,
+        images: Sequence[Image],
+        frames: Sequence[np.ndarray],
+        paths: Sequence[Path],
         options: WriteOptions,
         context: OutputContext,
     ) -> None:
-        """Write ``frames`` (normalized, shaped like ``image.frames``) in image's format."""
+        """Write ``frames[k]`` (working units, shaped like ``images[k].frames``) to
+        ``paths[k]`` in the images' format. The images are the files of one volume (a DICOM
+        series) or a single file; a volume's files share derived metadata (one window)."""
         ...
 
 
@@ -157,20 +230,22 @@ HEAD_BYTES = 132
 
 def _handlers() -> tuple[FormatHandler, ...]:
     from svdharm_cli.formats.dicom import DICOM
+    from svdharm_cli.formats.nifti import NIFTI
     from svdharm_cli.formats.raster import JPEG, PNG
+    from svdharm_cli.formats.tiff import TIFF
 
-    return (PNG, JPEG, DICOM)
+    return (PNG, JPEG, TIFF, NIFTI, DICOM)
 
 
 def handler_for(path: Path) -> FormatHandler | None:
     """The handler that takes ``path``, or None when no format does (the file is ignored).
 
-    Known extensions decide without opening the file (walking a tree of thousands of files
-    stays cheap); other files are recognized by their first bytes.
+    Known extensions (``.nii.gz`` included) decide without opening the file (walking a tree
+    of thousands of files stays cheap); other files are recognized by their first bytes.
     """
-    suffix = path.suffix.lower()
+    name = path.name.lower()
     for handler in _handlers():
-        if suffix in handler.suffixes:
+        if any(name.endswith(suffix) for suffix in handler.suffixes):
             return handler
     try:
         with open(path, "rb") as f:
@@ -183,12 +258,17 @@ def handler_for(path: Path) -> FormatHandler | None:
     return None
 
 
-def read_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
+def read_image(
+    path: Path,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    check: Check = no_check,
+    slice_axis: int = 2,
+) -> Image:
     """Read any supported image; :class:`ImageError` names the file and the problem."""
     handler = handler_for(path)
     if handler is None:
-        raise ImageError(f"{path}: not a PNG, JPEG or DICOM file")
-    return handler.read(path, max_pixels)
+        raise ImageError(f"{path}: not a PNG, JPEG, TIFF, NIfTI or DICOM file")
+    return handler.read(path, max_pixels, check, slice_axis)
 
 
 def handler_named(name: str) -> FormatHandler:
@@ -198,6 +278,18 @@ def handler_named(name: str) -> FormatHandler:
     raise KeyError(name)
 
 
+def write_images(
+    images: Sequence[Image],
+    frames: Sequence[np.ndarray],
+    paths: Sequence[Path],
+    options: WriteOptions,
+    context: OutputContext | None = None,
+) -> None:
+    """Write new values ``(f, c, h, w)`` for each image of one volume in its own format."""
+    handler = handler_named(images[0].format)
+    handler.write(images, frames, paths, options, context or OutputContext())
+
+
 def write_image(
     image: Image,
     frames: np.ndarray,
@@ -205,8 +297,8 @@ def write_image(
     options: WriteOptions,
     context: OutputContext | None = None,
 ) -> None:
-    """Write new pixels ``(f, c, h, w)`` for ``image`` to ``path`` in the image's own format."""
-    handler_named(image.format).write(image, frames, path, options, context or OutputContext())
+    """Write new values ``(f, c, h, w)`` for ``image`` to ``path`` in the image's own format."""
+    write_images([image], [frames], [path], options, context)
 
 
 def normalize(stored: np.ndarray, bits: int) -> np.ndarray:

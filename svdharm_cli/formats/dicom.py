@@ -7,11 +7,19 @@ Files are taken by extension (``.dcm``, ``.dicom``, any case) or by the ``DICM``
 byte 128. JPEG (baseline, extended, lossless), JPEG-LS, JPEG 2000 and RLE decode through
 the pylibjpeg plugins and pyjpegls; big-endian and implicit-VR files through pydicom.
 MONOCHROME1/2 (unsigned or signed, BitsStored up to 16), RGB and YBR_* (decoded to RGB) are
-processed; every frame of a multi-frame object is processed as its own 2-D image. Values are
-normalized by the BitsStored range (signed data mapped from ``[-2**(b-1), 2**(b-1)-1]``);
-MONOCHROME1 is inverted for processing and back after. Pixels equal to Pixel Padding Value
-(or in its range with Pixel Padding Range Limit) are left out of the statistics and
-written back unchanged.
+processed; the frames of a multi-frame object form one volume. Pixel values are in the
+file's byte order on disk and native order in memory, so big-endian files are handled like
+their little-endian twins.
+
+Units (METHOD.md section 1): Rescale Slope/Intercept (per frame in enhanced objects, from
+the functional groups) are applied first. CT (Modality ``CT``) is then in Hounsfield units.
+Every other modality is normalized after the rescale: the BitsStored range of the stored
+values, through the rescale, is mapped onto [0, 1] (for one positive slope this is the
+stored value over the BitsStored range, signed data mapped from ``[-2**(b-1), 2**(b-1)-1]``);
+MONOCHROME1 is inverted for processing and back after. Outputs go back through each frame's
+own rescale, are rounded, and clipped to the BitsStored range (the saturation step). Pixels
+equal to Pixel Padding Value (or in its range with Pixel Padding Range Limit) are left out of
+the statistics and written back unchanged.
 
 Skipped with a reason: no pixel data (SR, RT Plan, RT Structure Set, waveforms, DICOMDIR),
 PALETTE COLOR (values are indices), 1-bit data (segmentation labels), data of more than 16
@@ -32,8 +40,12 @@ count, BitsAllocated/Stored, HighBit and PixelRepresentation; every attribute ke
 - Lossy Image Compression stays ``01``, and becomes ``01`` when the input came in a lossy
   transfer syntax (with the method added if it was missing);
 - Window Center/Width (also in enhanced functional groups) are set by one rule: the window
-  spans the output's stored-value range (padding excluded), through Rescale Slope and
-  Intercept; VOI LUT Sequence, Smallest/Largest Pixel Values and icon images are removed;
+  spans the rescaled values of the whole output volume (every file of a series, padding
+  excluded), so all slices of a series share one window; VOI LUT Sequence, Smallest/Largest
+  Pixel Values and icon images are removed;
+- Series Description gets `` [svdharm <command>]`` appended (within its 64 characters) and
+  Series Number becomes the source's plus 1000 times (copy + 1), so a derived series sorts
+  apart from its source in a viewer;
 - photometric interpretation is what the pixels are: RGB with Planar Configuration 0 for
   decoded YBR input, MONOCHROME1 kept as MONOCHROME1.
 
@@ -45,6 +57,7 @@ from __future__ import annotations
 import copy
 import uuid
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +68,15 @@ from svdharm_cli.errors import ImageError, SkipImage
 from svdharm_cli.formats import (
     DEFAULT_MAX_PIXELS,
     HEAD_BYTES,
+    HU,
+    NORMALIZED,
+    Check,
     Image,
+    ImageInfo,
     OutputContext,
     WriteOptions,
     check_pixels,
+    no_check,
 )
 
 SUFFIXES = (".dcm", ".dicom")
@@ -104,43 +122,83 @@ class _Dicom:
     def can_read(self, path: Path, head: bytes) -> bool:
         return path.suffix.lower() in SUFFIXES or head[128:132] == b"DICM"
 
-    def read(self, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
+    def read(
+        self,
+        path: Path,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        check: Check = no_check,
+        slice_axis: int = 2,
+    ) -> Image:
         ds = _dataset(path)
         rows, cols, frames, samples = _geometry(path, ds)
         check_pixels(path, cols, rows * frames, max_pixels)
+        unit = unit_of(ds)
+        check(ImageInfo(samples, unit, frames))
         stored = _decode(path, ds).reshape(frames, rows, cols, samples)
         bits, signed = int(ds.BitsStored), int(ds.get("PixelRepresentation", 0)) == 1
+        # Native byte order: a big-endian file's array must not be written out as it is.
+        dtype = np.dtype(f"<{'i' if signed else 'u'}{stored.dtype.itemsize}")
+        stored = stored.astype(dtype, copy=False)
         pi = str(ds.PhotometricInterpretation)
-        norm = _normalize(stored, bits, signed)
-        if pi == "MONOCHROME1":
-            norm = 1.0 - norm
+        slopes, intercepts = rescale_of(path, ds, frames)
+        low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+        values = stored.astype(np.float64)
+        values *= slopes[:, None, None, None]
+        values += intercepts[:, None, None, None]
+        if unit == HU:
+            scale = (0.0, 1.0)
+        else:
+            ends = np.concatenate([slopes * low + intercepts, slopes * high + intercepts])
+            lo, hi = float(ends.min()), float(ends.max())
+            scale = (lo, hi - lo if hi > lo else 1.0)
+            values -= scale[0]
+            values /= scale[1]
+            if pi == "MONOCHROME1":
+                values = np.subtract(1.0, values, out=values)
         mask = _padding_mask(ds, stored) if samples == 1 else None
         tsyntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
         del ds.PixelData  # decoded; keeps the per-output copies of the header small
         meta: dict[str, Any] = {
             "dataset": ds,
-            "signed": signed,
-            "dtype": stored.dtype,
+            "dtype": dtype,
+            "range": (low, high),
+            "slopes": slopes,
+            "intercepts": intercepts,
+            "scale": scale,
             "lossy_syntax": LOSSY_SYNTAXES.get(tsyntax),
             "padding": None if mask is None else stored[..., 0][~mask],
             "source": path,
         }
         return Image(
-            frames=np.moveaxis(norm, 3, 1),
+            frames=np.moveaxis(values, 3, 1),
             alpha=None,
             bits=bits,
             format=self.name,
             meta=meta,
             mask=mask,
+            unit=unit,
         )
 
     def write(
         self,
-        image: Image,
-        frames: np.ndarray,
-        path: Path,
+        images: Sequence[Image],
+        frames: Sequence[np.ndarray],
+        paths: Sequence[Path],
         options: WriteOptions,
         context: OutputContext,
+    ) -> None:
+        stored = [_to_stored(image, new) for image, new in zip(images, frames)]
+        window = _volume_window(images, stored)
+        for image, values, path in zip(images, stored, paths):
+            self._write(image, values, path, context, window)
+
+    def _write(
+        self,
+        image: Image,
+        stored: np.ndarray,
+        path: Path,
+        context: OutputContext,
+        window: tuple[str, str] | None,
     ) -> None:
         import pydicom
         from pydicom.uid import ExplicitVRLittleEndian
@@ -148,9 +206,6 @@ class _Dicom:
         src = image.meta["dataset"]
         ds = copy.deepcopy(src)
         pi = str(src.PhotometricInterpretation)
-        stored = _denormalize(np.moveaxis(frames, 1, 3), image, pi == "MONOCHROME1")
-        if image.mask is not None:
-            stored[..., 0][~image.mask] = image.meta["padding"]
         out_pi = pi if pi.startswith("MONOCHROME") or pi == "RGB" else "RGB"
         _ensure_file_meta(ds)
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -166,7 +221,7 @@ class _Dicom:
             ds.NumberOfFrames = image.frame_count
         _identity(ds, src, context)
         _provenance(ds, src, context, image.meta["lossy_syntax"])
-        _fix_stale(ds, stored, image.mask, out_pi)
+        _fix_stale(ds, window if out_pi.startswith("MONOCHROME") else None)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -272,23 +327,82 @@ def _decode(path: Path, ds: Any) -> np.ndarray:
     return np.asarray(arr)
 
 
-def _normalize(stored: np.ndarray, bits: int, signed: bool) -> np.ndarray:
-    top = float(2**bits - 1)
-    values = stored.astype(np.float64)
-    if signed:
-        values += 2 ** (bits - 1)
-    return np.clip(values / top, 0.0, 1.0)
+def unit_of(ds: Any) -> str:
+    """``HU`` for CT (physical units), ``normalized`` for every other modality."""
+    return HU if str(ds.get("Modality", "")).upper() == "CT" else NORMALIZED
 
 
-def _denormalize(frames: np.ndarray, image: Image, monochrome1: bool) -> np.ndarray:
-    bits = image.bits
-    x = np.clip(frames.astype(np.float64), 0.0, 1.0)
-    if monochrome1:
-        x = 1.0 - x
-    values = np.rint(x * (2**bits - 1))
-    if image.meta["signed"]:
-        values -= 2 ** (bits - 1)
-    return values.astype(image.meta["dtype"])
+def rescale_of(path: Path, ds: Any, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rescale Slope and Intercept of every frame (float64 arrays of length ``frames``).
+
+    Enhanced objects carry them in the Pixel Value Transformation functional group, shared
+    or per frame; others in the data set itself. Missing values mean slope 1, intercept 0.
+    """
+
+    def pair(item: Any) -> tuple[float, float] | None:
+        if item is None or "RescaleSlope" not in item and "RescaleIntercept" not in item:
+            return None
+        slope = float(item.get("RescaleSlope", 1) or 1)
+        return slope, float(item.get("RescaleIntercept", 0) or 0)
+
+    def group(container: Any) -> Any:
+        seq = container.get("PixelValueTransformationSequence") if container else None
+        return seq[0] if seq else None
+
+    try:
+        default = pair(ds) or (1.0, 0.0)
+        shared = ds.get("SharedFunctionalGroupsSequence")
+        if shared:
+            default = pair(group(shared[0])) or default
+        values = [default] * frames
+        per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+        if per_frame and len(per_frame) == frames:
+            values = [pair(group(item)) or default for item in per_frame]
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ImageError(f"{path}: malformed Rescale Slope/Intercept: {_first_line(exc)}") from exc
+    arr = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(arr).all() or (arr[:, 0] == 0).any():
+        raise ImageError(f"{path}: Rescale Slope must be a finite non-zero number")
+    return arr[:, 0], arr[:, 1]
+
+
+def _to_stored(image: Image, frames: np.ndarray) -> np.ndarray:
+    """Working units ``(f, c, h, w)`` back to stored values ``(f, h, w, c)``: undo the
+    normalization, each frame's rescale, round, clip to the BitsStored range (saturation);
+    padding pixels get their original stored values back."""
+    meta = image.meta
+    x = np.moveaxis(np.asarray(frames, dtype=np.float64), 1, 3)
+    if image.unit != HU:
+        x = np.clip(x, 0.0, 1.0)
+        if str(meta["dataset"].PhotometricInterpretation) == "MONOCHROME1":
+            x = 1.0 - x
+        x = x * meta["scale"][1] + meta["scale"][0]
+    x = (x - meta["intercepts"][:, None, None, None]) / meta["slopes"][:, None, None, None]
+    low, high = meta["range"]
+    stored = np.clip(np.rint(x), low, high).astype(meta["dtype"])
+    if image.mask is not None:
+        stored[..., 0][~image.mask] = meta["padding"]
+    return stored
+
+
+def _volume_window(images: Sequence[Image], stored: Sequence[np.ndarray]) -> tuple[str, str]:
+    """Window Center/Width spanning the rescaled values of every file of one output volume
+    (padding excluded), as Decimal Strings."""
+    lo, hi, step = np.inf, -np.inf, 1.0
+    for image, values in zip(images, stored):
+        for f in range(values.shape[0]):
+            plane = values[f, ..., 0]
+            if image.mask is not None:
+                plane = plane[image.mask[f]]
+            if plane.size == 0:
+                continue
+            slope, intercept = image.meta["slopes"][f], image.meta["intercepts"][f]
+            ends = (slope * float(plane.min()) + intercept, slope * float(plane.max()) + intercept)
+            lo, hi = min(lo, *ends), max(hi, *ends)
+            step = max(step, abs(float(slope)))
+    if not np.isfinite(lo):
+        lo = hi = 0.0
+    return _ds_value((lo + hi) / 2), _ds_value(max(1.0, hi - lo + step))
 
 
 def _padding_mask(ds: Any, stored: np.ndarray) -> np.ndarray | None:
@@ -330,6 +444,14 @@ def _identity(ds: Any, src: Any, context: OutputContext) -> None:
     ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
     if "SOPClassUID" in src:
         ds.file_meta.MediaStorageSOPClassUID = src.SOPClassUID
+    suffix = f" [{context.label}]" if context.label else ""
+    description = str(src.get("SeriesDescription", "") or "")
+    ds.SeriesDescription = (description[: max(0, 64 - len(suffix))] + suffix).strip()[:64]
+    try:
+        number = int(src.get("SeriesNumber", 0) or 0)
+    except (TypeError, ValueError):
+        number = 0
+    ds.SeriesNumber = (number + 1000 * (context.copy + 1)) % 2**31
 
 
 def _code(value: tuple[str, str, str]) -> Any:
@@ -367,22 +489,17 @@ def _provenance(ds: Any, src: Any, context: OutputContext, lossy_syntax: str | N
             ds.LossyImageCompressionMethod = lossy_syntax
 
 
-def _fix_stale(ds: Any, stored: np.ndarray, mask: np.ndarray | None, pi: str) -> None:
-    """Recompute or remove what the new intensities make wrong."""
+def _fix_stale(ds: Any, window: tuple[str, str] | None) -> None:
+    """Remove what the new intensities make wrong and set the volume's window."""
     for keyword in STALE:
         if keyword in ds:
             delattr(ds, keyword)
-    if not pi.startswith("MONOCHROME"):
+    if window is None:
         for keyword in ("WindowCenter", "WindowWidth"):
             if keyword in ds:
                 delattr(ds, keyword)
         return
-    values = stored[..., 0] if mask is None else stored[..., 0][mask]
-    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    center = _ds_value(intercept + slope * (lo + hi) / 2)
-    width = _ds_value(max(1.0, abs(slope) * (hi - lo) + 1))
+    center, width = window
     ds.WindowCenter, ds.WindowWidth = center, width
     for group in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
         for item in ds.get(group, []) or []:
@@ -390,11 +507,9 @@ def _fix_stale(ds: Any, stored: np.ndarray, mask: np.ndarray | None, pi: str) ->
                 voi.WindowCenter, voi.WindowWidth = center, width
                 if "WindowCenterWidthExplanation" in voi:
                     del voi.WindowCenterWidthExplanation
-            # Stale per-frame LUTs would override the new window.
-            if "FrameVOILUTSequence" in item:
-                for voi in item.FrameVOILUTSequence:
-                    if "VOILUTSequence" in voi:
-                        del voi.VOILUTSequence
+                # A stale per-frame LUT would override the new window.
+                if "VOILUTSequence" in voi:
+                    del voi.VOILUTSequence
 
 
 def _ds_value(x: float) -> str:

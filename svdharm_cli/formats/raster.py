@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import struct
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,15 @@ import numpy as np
 from svdharm_cli.errors import ImageError
 from svdharm_cli.formats import (
     DEFAULT_MAX_PIXELS,
+    NORMALIZED,
+    Check,
     Image,
+    ImageInfo,
     OutputContext,
     WriteOptions,
     check_pixels,
     denormalize,
+    no_check,
     normalize,
 )
 
@@ -59,6 +64,7 @@ _REFUSED: dict[str, str] = {
     "F": "floating-point images are not supported",
 }
 _KEPT_META = ("icc_profile", "dpi", "exif")
+_PNG_CHANNELS = {0: 1, 2: 3, 4: 1, 6: 3}  # IHDR colour type -> colour channels (alpha apart)
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,13 @@ class _PillowFormat:
     def can_read(self, path: Path, head: bytes) -> bool:
         return path.suffix.lower() in self.suffixes or head.startswith(self.signature)
 
-    def read(self, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
+    def read(
+        self,
+        path: Path,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        check: Check = no_check,
+        slice_axis: int = 2,
+    ) -> Image:
         try:
             f = open(path, "rb")  # noqa: SIM115 - closed below, whichever reader takes it
         except OSError as exc:
@@ -83,11 +95,12 @@ class _PillowFormat:
             if self.name == "png":
                 width, height, depth, colour = _png_header(path, head)
                 check_pixels(path, width, height, max_pixels)
-                if depth == 16 and colour != 0:
+                if depth == 16 and colour in _PNG_CHANNELS and colour != 0:
+                    check(ImageInfo(_PNG_CHANNELS[colour], NORMALIZED, 1))
                     return _read_pypng(path, f)
-            return self._read_pillow(path, f, max_pixels)
+            return self._read_pillow(path, f, max_pixels, check)
 
-    def _read_pillow(self, path: Path, f: Any, max_pixels: int) -> Image:
+    def _read_pillow(self, path: Path, f: Any, max_pixels: int, check: Check) -> Image:
         from PIL import Image as PILImage
 
         try:
@@ -101,6 +114,7 @@ class _PillowFormat:
                         raise ImageError(f"{path}: {_REFUSED[mode]}")
                     if mode not in _MODES:
                         raise ImageError(f"{path}: unsupported image mode {mode!r}")
+                    check(ImageInfo(3 if mode.startswith("RGB") else 1, NORMALIZED, 1))
                     im.load()
                     meta = dict(im.info)
                     pixels = np.asarray(im)
@@ -118,12 +132,16 @@ class _PillowFormat:
 
     def write(
         self,
-        image: Image,
-        frames: np.ndarray,
-        path: Path,
+        images: Sequence[Image],
+        frames: Sequence[np.ndarray],
+        paths: Sequence[Path],
         options: WriteOptions,
         context: OutputContext,
     ) -> None:
+        for image, new, path in zip(images, frames, paths):
+            self._write(image, new, path, options)
+
+    def _write(self, image: Image, frames: np.ndarray, path: Path, options: WriteOptions) -> None:
         dtype = np.uint16 if image.bits == 16 else np.uint8
         pixels = _interleave(denormalize(frames[0], image.bits, dtype), image.alpha)
         if image.bits == 16 and pixels.ndim == 3:

@@ -1,0 +1,213 @@
+"""From an input tree to units of work: which files, grouped how, written where.
+
+A unit of work is one file (a 2-D image, a multi-frame DICOM, a NIfTI file, a TIFF stack)
+or one DICOM *series*: the single-frame DICOM files of one folder that share a Series
+Instance UID, have distinct SOP Instance UIDs and one slice size (files that repeat an
+instance, such as one image saved in several encodings, or that differ in size, are taken
+one by one), in slice order (by Image Position (Patient) along the slice normal when every
+file has a position and orientation, else by Instance Number when every file has one, else
+by path). A unit is a volume: its slices' statistics are pooled and one coefficient set is
+drawn per output copy. Header values (the Series Instance UID) are used to group and to key
+seeds, and are never put in a label, a message or the log.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from svdharm_cli.atomic import TEMP_MARKER
+from svdharm_cli.errors import UsageError
+from svdharm_cli.formats import handler_for
+from svdharm_cli.safety import LOCK_NAME
+
+_SERIES_TAGS = (
+    "SeriesInstanceUID",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "InstanceNumber",
+    "NumberOfFrames",
+    "Rows",
+    "Columns",
+    "SOPInstanceUID",
+)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of work.
+
+    Attributes
+    ----------
+    files
+        Relative paths (POSIX form) under the input root, in slice order for a series.
+    key
+        What output seeds derive from (METHOD.md section 7): the file's relative path, or
+        for a series its folder and a digest of its Series Instance UID.
+    volume
+        How the log names the volume: ``folder/[series N]`` for a series, else None.
+    """
+
+    files: tuple[str, ...]
+    key: str
+    volume: str | None = None
+
+
+def check_roots(inp: Path, out: Path) -> None:
+    """Refuse runs that could overwrite inputs: OUT equal to IN, or IN inside OUT."""
+    if not inp.exists():
+        raise UsageError(f"input {inp} does not exist")
+    rin, rout = inp.resolve(), out.resolve()
+    if rin == rout:
+        raise UsageError(f"output {out} is the input itself; choose another folder")
+    if rout in rin.parents:
+        raise UsageError(f"input {inp} lies inside output {out}; outputs could overwrite inputs")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output {out} exists and is not a folder")
+
+
+def discover(
+    inp: Path,
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    skip_dirs: Sequence[Path] = (),
+    include_hidden: bool = False,
+) -> tuple[Path, list[str]]:
+    """The input root and the sorted relative paths (POSIX form) of the images under it.
+
+    A file given directly is taken as it is. In a folder: hidden files and folders (names
+    starting with ``.``) are skipped unless ``include_hidden``; symbolic links to folders
+    are not followed (so link loops cannot hang a run); files no format recognizes (by
+    extension or first bytes) are ignored; globs are matched against the relative path
+    (``*`` also matches ``/``), and a file is taken when it matches some ``include`` (or
+    none are given) and no ``exclude``.
+    """
+    if inp.is_file():
+        return inp.parent, [inp.name]
+    skip = {p.resolve() for p in skip_dirs}
+    found = []
+    for dirpath, dirnames, filenames in os.walk(inp):
+        here = Path(dirpath)
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if (include_hidden or not d.startswith(".")) and (here / d).resolve() not in skip
+        )
+        for name in filenames:
+            if name.startswith(".") and not include_hidden:
+                continue
+            if name.endswith(TEMP_MARKER) or name == LOCK_NAME:
+                continue
+            rel = (here / name).relative_to(inp).as_posix()
+            if include and not any(fnmatch.fnmatch(rel, g) for g in include):
+                continue
+            if any(fnmatch.fnmatch(rel, g) for g in exclude):
+                continue
+            if handler_for(here / name) is not None:
+                found.append(rel)
+    return inp, sorted(found)
+
+
+def plan_units(root: Path, rels: Sequence[str]) -> list[Unit]:
+    """Group ``rels`` into units: DICOM series of several files become one unit each, in
+    slice order; every other file is a unit of its own. Units come in path order (a series
+    at its first file's place)."""
+    series: dict[tuple[str, str], list[tuple[str, Any]]] = {}
+    singles: list[str] = []
+    for rel in rels:
+        header = _series_header(root / rel)
+        if header is None:
+            singles.append(rel)
+        else:
+            folder = rel.rsplit("/", 1)[0] if "/" in rel else ""
+            series.setdefault((folder, str(header.SeriesInstanceUID)), []).append((rel, header))
+    units = [Unit((rel,), rel) for rel in singles]
+    numbering: dict[str, int] = {}
+    for (folder, uid), members in sorted(series.items(), key=lambda kv: min(r for r, _ in kv[1])):
+        if not _is_series(members):
+            units.extend(Unit((rel,), rel) for rel, _ in members)
+            continue
+        numbering[folder] = numbering.get(folder, 0) + 1
+        digest = hashlib.sha256(uid.encode()).hexdigest()[:32]
+        label = (
+            f"{folder}/[series {numbering[folder]}]" if folder else f"[series {numbering[folder]}]"
+        )
+        files = tuple(rel for rel, _ in _slice_order(members))
+        units.append(Unit(files, f"{folder}\x00series\x00{digest}", label))
+    return sorted(units, key=lambda u: min(u.files))
+
+
+def output_paths(rel: str, method_harmonize: bool, copies: int) -> list[str]:
+    """Relative output paths for one input: the same path, or ``<stem>_aug<j><suffix>``
+    (``.nii.gz`` kept whole)."""
+    if method_harmonize:
+        return [rel]
+    p = Path(rel)
+    name = p.name
+    suffix = ".nii.gz" if name.lower().endswith(".nii.gz") else p.suffix
+    stem = name[: len(name) - len(suffix)] if suffix else name
+    return [(p.parent / f"{stem}_aug{j}{suffix}").as_posix() for j in range(copies)]
+
+
+def _series_header(path: Path) -> Any | None:
+    """The grouping attributes of a single-frame DICOM image file, or None for anything
+    else (other formats, multi-frame objects, files without pixels or a series)."""
+    from svdharm_cli.formats.dicom import DICOM
+
+    if handler_for(path) is not DICOM:
+        return None
+    import pydicom
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(
+                path, stop_before_pixels=True, force=True, specific_tags=list(_SERIES_TAGS)
+            )
+            if "SeriesInstanceUID" not in ds or "Rows" not in ds:
+                return None
+            if int(ds.get("NumberOfFrames", 1) or 1) != 1:
+                return None
+            str(ds.SeriesInstanceUID)
+    except (OSError, EOFError, ValueError, TypeError, KeyError, AttributeError):
+        return None  # an unreadable header: the file is read, and reported, on its own
+    return ds
+
+
+def _is_series(members: list[tuple[str, Any]]) -> bool:
+    """Several distinct instances of one slice size."""
+    instances = {str(ds.get("SOPInstanceUID", rel)) for rel, ds in members}
+    sizes = {(str(ds.get("Rows")), str(ds.get("Columns"))) for _, ds in members}
+    return len(members) > 1 and len(instances) == len(members) and len(sizes) == 1
+
+
+def _slice_order(members: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """Sort by position along the slice normal, else Instance Number, else path."""
+    by_path = sorted(members, key=lambda m: m[0])
+    try:
+        orientation = [float(v) for v in by_path[0][1].ImageOrientationPatient]
+        row, col = orientation[:3], orientation[3:6]
+        normal = (
+            row[1] * col[2] - row[2] * col[1],
+            row[2] * col[0] - row[0] * col[2],
+            row[0] * col[1] - row[1] * col[0],
+        )
+        positions = {
+            rel: sum(float(p) * n for p, n in zip(ds.ImagePositionPatient, normal))
+            for rel, ds in by_path
+        }
+        return sorted(by_path, key=lambda m: (positions[m[0]], m[0]))
+    except (AttributeError, TypeError, ValueError, IndexError):
+        pass
+    try:
+        numbers = {rel: int(ds.InstanceNumber) for rel, ds in by_path}
+        return sorted(by_path, key=lambda m: (numbers[m[0]], m[0]))
+    except (AttributeError, TypeError, ValueError):
+        return by_path

@@ -1,0 +1,345 @@
+"""One unit of work in, one frozen result per input file out (pure of pools and clusters).
+
+:func:`process_unit` takes a :class:`~svdharm_cli.plan.Unit` (a file, or the files of a
+DICOM series) and a frozen :class:`JobConfig`. It never raises for a bad file: the outcome
+(``ok`` / ``skipped`` / ``failed`` with a message naming the file) is a value that goes
+straight into the run log.
+
+A unit is a volume (METHOD.md section 3a). With a reference, and unless ``per_slice``, two
+steps run: every slice is decomposed and its moments taken, the moments are pooled over the
+volume (each 3-D volume of a 4-D NIfTI on its own), and then the same per-component map is
+applied to every slice. Decompositions are kept between the steps while they fit in
+:data:`CACHE_BYTES` (a 200-slice 512 x 512 series needs about 400 MiB); slices beyond that are
+decomposed again, so memory stays bounded whatever the volume's size. Slices are spread over
+``threads`` threads (NumPy's linear algebra releases the GIL), each using one BLAS thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from svdharm_cli.atomic import atomic_paths
+from svdharm_cli.bands import Bands
+from svdharm_cli.errors import ImageError, SkipImage
+from svdharm_cli.formats import (
+    DEFAULT_MAX_PIXELS,
+    RAW,
+    Image,
+    ImageInfo,
+    OutputContext,
+    WriteOptions,
+    read_image,
+    write_images,
+)
+from svdharm_cli.methods import (
+    DEFAULT_HIGH,
+    DEFAULT_LOW,
+    Method,
+    Moments,
+    decompose_channels,
+    draw_coefficients,
+    output_seed,
+    pool,
+    slice_moments,
+    transform,
+)
+from svdharm_cli.plan import Unit, output_paths
+from svdharm_cli.reference import Entry, Reference, describe_kind
+
+OK, SKIPPED, FAILED = "ok", "skipped", "failed"
+
+CACHE_BYTES = 512 * 2**20
+"""Decompositions kept between the statistics step and the apply step of one volume."""
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything a worker needs; pickled once per worker process."""
+
+    method: Method
+    fractions: tuple[float, ...]
+    in_root: Path
+    out_root: Path
+    reference: Reference | None = None
+    copies: int = 1
+    low: float = DEFAULT_LOW
+    high: float = DEFAULT_HIGH
+    per_channel: bool = False
+    seed: int | None = None
+    write: WriteOptions = field(default_factory=WriteOptions)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    skip_existing: bool = False
+    provenance: str = ""
+    label: str = ""
+    per_slice: bool = False
+    slice_axis: int = 2
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    """One written file: its path relative to OUT, and what made it."""
+
+    path: str
+    seed: int | None = None
+    coefficients: list[list[float | None]] | None = None
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """The outcome for one input file; ``volume`` names its series, if it belongs to one."""
+
+    path: str
+    status: str
+    reason: str | None = None
+    outputs: tuple[OutputRecord, ...] = ()
+    seconds: float = 0.0
+    volume: str | None = None
+
+
+def process_file(rel: str, config: JobConfig) -> FileResult:
+    """Process one file as a unit of its own."""
+    return process_unit(Unit((rel,), rel), config)[0]
+
+
+def process_unit(unit: Unit, config: JobConfig, threads: int = 1) -> list[FileResult]:
+    """Read, transform and write one unit; every expected problem becomes its results."""
+    start = time.perf_counter()
+    planned = [
+        output_paths(rel, config.method is Method.HARMONIZE, config.copies) for rel in unit.files
+    ]
+
+    def results(
+        status: str, reason: str | None, outputs: Sequence[Sequence[OutputRecord]] = ()
+    ) -> list[FileResult]:
+        share = (time.perf_counter() - start) / len(unit.files)
+        per_file = outputs or [()] * len(unit.files)
+        return [
+            FileResult(rel, status, reason, tuple(out), share, unit.volume)
+            for rel, out in zip(unit.files, per_file)
+        ]
+
+    first = config.in_root / unit.files[0]
+    if config.skip_existing and all((config.out_root / o).exists() for p in planned for o in p):
+        return results(SKIPPED, f"{first}: outputs already exist (--skip-existing)")
+    try:
+        for outs in planned:
+            for out_rel in outs:
+                _check_inside(config.out_root, config.out_root / out_rel)
+        images = _read(unit, config)
+        entry = _entry(config.reference, images[0].info, config.in_root / unit.files[0])
+        outputs = _transform_and_write(unit, config, images, entry, planned, threads)
+        return results(OK, None, outputs)
+    except SkipImage as exc:
+        return results(SKIPPED, _in_volume(exc.message, unit))
+    except ImageError as exc:
+        return results(FAILED, _in_volume(exc.message, unit))
+    except np.linalg.LinAlgError:
+        return results(FAILED, _in_volume(f"{first}: the decomposition did not converge", unit))
+    except MemoryError:
+        return results(FAILED, _in_volume(f"{first}: not enough memory to process it", unit))
+    except OSError as exc:
+        where = exc.filename or first
+        return results(FAILED, _in_volume(f"{where}: {exc.strerror or exc}", unit))
+
+
+def _read(unit: Unit, config: JobConfig) -> list[Image]:
+    """Read every file of the unit; the files of a series must be of one kind."""
+    images: list[Image] = []
+    expected: list[ImageInfo] = []
+
+    def check(info: ImageInfo) -> None:
+        if config.reference is not None:
+            _entry(config.reference, info, config.in_root / unit.files[len(images)])
+        if expected and (info.unit, info.channels) != (expected[0].unit, expected[0].channels):
+            raise ImageError(
+                f"{config.in_root / unit.files[len(images)]}: is "
+                f"{describe_kind(info.unit, info.channels)} but the series' first file is "
+                f"{describe_kind(expected[0].unit, expected[0].channels)}"
+            )
+        expected.append(info)
+
+    for rel in unit.files:
+        images.append(read_image(config.in_root / rel, config.max_pixels, check, config.slice_axis))
+    return images
+
+
+def _entry(reference: Reference | None, info: ImageInfo, path: Path) -> Entry | None:
+    """The reference entry for this kind of image; an :class:`ImageError` when none fits."""
+    if reference is None:
+        return None
+    entry = reference.entry(info.unit, info.channels)
+    if entry is None:
+        raise ImageError(
+            f"{path}: is {describe_kind(info.unit, info.channels)}, but the reference has "
+            f"statistics only for {reference.kinds()}",
+            hint="fit a reference that includes images of this kind",
+        )
+    return entry
+
+
+def _transform_and_write(
+    unit: Unit,
+    config: JobConfig,
+    images: list[Image],
+    entry: Entry | None,
+    planned: list[list[str]],
+    threads: int,
+) -> list[list[OutputRecord]]:
+    slices = [(image, f) for image in images for f in range(image.frame_count)]
+    random = config.method is not Method.HARMONIZE
+    copies = len(planned[0])
+    seed = config.seed
+    seeds = [output_seed(_require(seed), unit.key, j) if random else None for j in range(copies)]
+    channels = images[0].channel_count
+    coefficients = [_coefficients(config, s, channels) for s in seeds]
+    reference = None if entry is None else (entry.mean, entry.std)
+
+    def decompose(i: int) -> list[Bands]:
+        image, f = slices[i]
+        mask = None if image.mask is None else image.mask[f]
+        return decompose_channels(image.frames[f], config.fractions, mask)
+
+    cache: list[list[Bands] | None] = [None] * len(slices)
+    stats: list[Moments | None] = [None] * len(slices)
+    with _slice_threads(threads, len(slices)) as run:
+        if reference is not None and not config.per_slice:
+            budget = [CACHE_BYTES]
+            lock = threading.Lock()
+
+            def measure(i: int) -> Moments:
+                bands = decompose(i)
+                size = sum(b.p.nbytes + b.v.nbytes for b in bands)
+                with lock:
+                    if size <= budget[0]:
+                        budget[0] -= size
+                        cache[i] = bands
+                return slice_moments(bands)
+
+            moments = run(measure, range(len(slices)))
+            for group in volumes_of(images):
+                pooled = pool([moments[i] for i in group])
+                for i in group:
+                    stats[i] = pooled
+        news = [
+            [
+                np.empty(im.frames.shape, np.float64 if im.unit == RAW else np.float32)
+                for im in images
+            ]
+            for _ in range(copies)
+        ]
+        where = {id(image): k for k, image in enumerate(images)}
+
+        def apply(i: int) -> None:
+            bands = cache[i] or decompose(i)
+            cache[i] = None
+            image, f = slices[i]
+            for j in range(copies):
+                news[j][where[id(image)]][f] = transform(
+                    bands,
+                    reference=reference,
+                    coefficients=coefficients[j],
+                    clip=False,
+                    stats=stats[i],
+                )
+
+        run(apply, range(len(slices)))
+    outputs: list[list[OutputRecord]] = [[] for _ in unit.files]
+    for j in range(copies):
+        context = OutputContext(
+            description=config.provenance,
+            instance_key=f"{config.provenance}|{unit.key}|{j}",
+            series_key=f"{config.provenance}|{j}",
+            label=config.label,
+            copy=j,
+        )
+        finals = [config.out_root / planned[k][j] for k in range(len(unit.files))]
+        with atomic_paths(finals) as tmps:
+            write_images(images, news[j], tmps, config.write, context)
+        for k in range(len(unit.files)):
+            outputs[k].append(
+                OutputRecord(planned[k][j], seeds[j], _logged(coefficients[j], config.method))
+            )
+    return outputs
+
+
+def volumes_of(images: list[Image]) -> list[list[int]]:
+    """Slice indices pooled together: a series (several files) is one volume; a single file
+    holds ``image.volumes`` volumes of equal size."""
+    if len(images) > 1:
+        return [list(range(sum(im.frame_count for im in images)))]
+    image = images[0]
+    size = image.frame_count // image.volumes
+    return [list(range(v * size, (v + 1) * size)) for v in range(image.volumes)]
+
+
+@contextlib.contextmanager
+def _slice_threads(
+    threads: int, count: int
+) -> Iterator[Callable[[Callable[[int], T], Sequence[int] | range], list[T]]]:
+    """Yield ``run(fn, indices)``: a map over slices, threaded when that helps."""
+    if threads <= 1 or count <= 1:
+        yield lambda fn, items: [fn(i) for i in items]
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool_:
+        yield lambda fn, items: list(pool_.map(fn, items))
+
+
+def _in_volume(message: str, unit: Unit) -> str:
+    if unit.volume is None:
+        return message
+    return f"{message} ({unit.volume}: none of its {len(unit.files)} files was written)"
+
+
+def _require(seed: int | None) -> int:
+    assert seed is not None, "random methods need a base seed"
+    return seed
+
+
+def _coefficients(config: JobConfig, seed: int | None, channels: int) -> np.ndarray | None:
+    """The coefficients of one output (shared by its slices), or None for harmonize."""
+    if seed is None:
+        return None
+    return draw_coefficients(
+        seed,
+        channels,
+        len(config.fractions) + 1,
+        config.low,
+        config.high,
+        per_channel=config.per_channel,
+    )
+
+
+def _check_inside(root: Path, target: Path) -> None:
+    """Refuse an output whose folder resolves outside OUT (a symbolic link planted in OUT)."""
+    parent = target.parent
+    while not parent.exists() and parent != root:
+        parent = parent.parent
+    if not parent.exists():
+        return  # nothing exists below OUT yet, so no link can redirect the write
+    real_root, real = root.resolve(), parent.resolve()
+    if real != real_root and real_root not in real.parents:
+        raise ImageError(f"{target}: would be written outside the output folder ({real})")
+
+
+def _logged(coefficients: np.ndarray | None, method: Method) -> list[list[float | None]] | None:
+    """Coefficients as logged: one row per channel; the base's is null when it was matched."""
+    if coefficients is None:
+        return None
+    rows: list[list[float | None]] = [[float(v) for v in row] for row in coefficients]
+    if method is Method.HARMONIZE_DEHARMONIZE:
+        for row in rows:
+            row[0] = None
+    return rows
