@@ -57,9 +57,7 @@ def test_harmonize_tree(gray_tree: Path, gray_reference: Path, tmp_path: Path) -
     assert log["parameters"]["method"] == "harmonize" and log["parameters"]["workers"] == 2
     assert log["reference"]["path"] == str(gray_reference) and len(log["reference"]["sha256"]) == 64
     ref_file = json.loads(gray_reference.read_text())
-    assert (
-        log["reference"]["entries"] == ref_file["entries"]
-    )
+    assert log["reference"]["entries"] == ref_file["entries"]
     assert log["counts"] == {"ok": 4, "skipped": 0, "failed": 0, "not_processed": 0}
     assert log["status"] == "completed" and log["signal"] is None
     assert [f["path"] for f in log["files"]] == sorted(GRAY_FILES)
@@ -79,7 +77,9 @@ def test_harmonized_pixels_within_bound_of_oracle(
     assert svdharm("harmonize", gray_tree, out, "--reference", gray_reference).code == 0
     ref = json.loads(gray_reference.read_text())
     x = load(gray_tree / rel) / (2**bits - 1)
-    expected = oracle.to_stored(oracle.harmonize_channel(x, ref["entries"][0]["mean"][0], ref["entries"][0]["std"][0]), bits)
+    expected = oracle.to_stored(
+        oracle.harmonize_channel(x, ref["entries"][0]["mean"][0], ref["entries"][0]["std"][0]), bits
+    )
     diff = np.abs(load(out / rel).astype(np.int64) - expected)
     assert diff.max() <= bound
 
@@ -156,7 +156,10 @@ def test_combined_method_with_reference(
     assert coef[0] is None and all(isinstance(c, float) for c in coef[1:])
     ref = json.loads(gray_reference.read_text())
     x = load(gray_tree / "site2/d.png") / 255.0
-    expected = oracle.to_stored(oracle.combined_channel(x, ref["entries"][0]["mean"][0], ref["entries"][0]["std"][0], coef), 8)
+    expected = oracle.to_stored(
+        oracle.combined_channel(x, ref["entries"][0]["mean"][0], ref["entries"][0]["std"][0], coef),
+        8,
+    )
     assert np.abs(load(out / "site2/d_aug0.png").astype(np.int64) - expected).max() <= 1
 
 

@@ -22,11 +22,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import svdharm_cli.worker as worker
-from svdharm_cli.worker import FAILED, OK, SKIPPED, JobConfig, process_file
 from svdharm_cli.errors import ImageError
 from svdharm_cli.formats import read_image
 from svdharm_cli.methods import Method
 from svdharm_cli.safety import OutputLock
+from svdharm_cli.worker import FAILED, OK, SKIPPED, JobConfig, process_file
 from tests.conftest import only_log, svdharm
 from tests.images import save, textured
 
