@@ -139,7 +139,7 @@ def _layout(path: Path, page: Any) -> tuple[int, int, int, np.dtype[Any], str, i
         )
     samples = int(page.samplesperpixel)
     extra = samples - _PHOTOMETRIC[photometric]
-    if extra not in (0, 1) or page.planarconfig.name != "CONTIG" and samples > 1:
+    if extra not in (0, 1) or int(page.planarconfig) != 1 and samples > 1:
         raise ImageError(f"{path}: TIFF sample layout not supported ({samples} samples per pixel)")
     return int(page.imagelength), int(page.imagewidth), samples, dtype, photometric, extra
 
