@@ -13,6 +13,7 @@ Run: ``make bench`` (or ``python bench/run.py [--quick]``). Prints a table and w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -122,6 +123,64 @@ def peak_rss_mib(cmd: list) -> float:
         [sys.executable, "-c", wrapper, *map(str, cmd)], check=True, capture_output=True, text=True
     )
     return int(done.stdout.split()[-1]) / 1024.0
+
+
+def tree_peak_rss_mib(cmd: list, interval: float = 0.02) -> tuple[float, float]:
+    """Peak of the summed resident memory of ``cmd`` and all its descendants (worker
+    processes included), sampled from /proc every ``interval`` s; and the wall time."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    start = time.perf_counter()
+    proc = subprocess.Popen([*map(str, cmd)])
+    peak = 0
+    while proc.poll() is None:
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        total, todo = 0, [proc.pid]
+        while todo:
+            pid = todo.pop()
+            todo.extend(children.get(pid, []))
+            with contextlib.suppress(OSError, IndexError):
+                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+        peak = max(peak, total)
+        time.sleep(interval)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return peak / 2**20, time.perf_counter() - start
+
+
+def make_ct_series(folder: Path, slices: int, size: int, seed: int = 0) -> None:
+    """A CT series of ``slices`` int16 files in Hounsfield units (air, tissue, bone, noise)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    body = ((yy - 0.5) ** 2 + (xx - 0.5) ** 2) < 0.16
+    series = generate_uid(entropy_srcs=[str(folder)])
+    for i in range(slices):
+        z = i / slices
+        bone = ((yy - 0.5) ** 2 + (xx - 0.5 - 0.1 * z) ** 2) < 0.01 + 0.01 * z
+        hu = -1000 + 1040 * body + 660 * bone + 30 * np.sin(9 * xx + 5 * z)
+        hu += 15 * rng.standard_normal(hu.shape)
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=[str(folder), str(i)])
+        ds.SeriesInstanceUID = series
+        ds.Modality = "CT"
+        ds.InstanceNumber = i + 1
+        ds.ImagePositionPatient = [0, 0, 1.25 * i]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+        ds.set_pixel_data(np.rint(hu).astype(np.int16), "MONOCHROME2", 16)
+        ds.save_as(folder / f"slice{i:04d}.dcm", enforce_file_format=True)
 
 
 # -- the cases ----------------------------------------------------------------------------
@@ -238,6 +297,49 @@ def case_memory(work: Path) -> dict:
     }
 
 
+def case_volume(work: Path, slices: int) -> dict:
+    """A CT series harmonized as one volume (pooled statistics) against the same slices with
+    ``--per-slice``, both with 2 workers: time ratio and peak memory of the process tree."""
+    src, ref_src = work / "ct" / "series", work / "ct_ref" / "series"
+    make_ct_series(src, slices, 512)
+    make_ct_series(ref_src, 8, 512, seed=1)
+    reference = work / "ct_ref.json"
+    subprocess.run([*CLI, "fit-reference", ref_src, "-o", reference, "-q"], check=True)
+    runs = {}
+    for mode, extra in (("pooled", []), ("per-slice", ["--per-slice"])):
+        best = None
+        for k in range(2):
+            out = work / f"ct_out_{mode}_{k}"
+            cmd = [*CLI, "harmonize", src.parent, out, "--reference", reference]
+            peak, seconds = tree_peak_rss_mib([*cmd, "--workers", 2, "-q", *extra])
+            shutil.rmtree(out)
+            if best is None or seconds < best[1]:
+                best = (peak, seconds)
+        runs[mode] = best
+    pooled, per_slice = runs["pooled"], runs["per-slice"]
+    ratio = pooled[1] / per_slice[1]
+    case = f"{slices}-slice 512^2 int16 CT series, 2 workers"
+    return {
+        "volume_time": {
+            "case": f"{case}: pooled time / --per-slice time",
+            "baseline_s": per_slice[1],
+            "svdharm_s": pooled[1],
+            "ratio": ratio,
+            "target": 2.2,
+            "pass": ratio <= 2.2,
+        },
+        "volume_memory": {
+            "case": f"{case}: peak RSS of all processes (MiB)",
+            "baseline_s": None,
+            "svdharm_s": None,
+            "ratio": pooled[0],
+            "per_slice_mib": per_slice[0],
+            "target_mib": 1536,
+            "pass": pooled[0] <= 1536,
+        },
+    }
+
+
 def case_startup(repeats: int = 5) -> dict:
     exe = shutil.which("svdharm") or str(Path(sys.executable).parent / "svdharm")
     times = {}
@@ -337,6 +439,7 @@ def main() -> None:
         results |= case_large(work, 4 if args.quick else 16)
         results |= case_small(work, 500 if args.quick else 10_000)
         results |= case_memory(work)
+        results |= case_volume(work, 40 if args.quick else 200)
     levels = png_levels()
     for row in results.values():
         row["pass"] = verdict(row)
