@@ -24,6 +24,12 @@ demo: install
 	$(SVDHARM) augment sample_images out/augmented --copies 3 --seed 42 --report
 	$(SVDHARM) augment sample_images/radiograph out/harmonized-augmented --copies 2 --seed 42 --reference out/radiograph-reference.json
 	$(SVDHARM) bands sample_images/fundus/site_b/fundus_b0.png -o out/fundus_b0_bands.png
+	# Volumes: a CT series (Hounsfield units, pooled over its 16 slices) and NIfTI MR heads.
+	$(SVDHARM) fit-reference sample_images/ct/site_a -o out/ct-reference.json
+	$(SVDHARM) harmonize sample_images/ct/site_b out/harmonized/ct --reference out/ct-reference.json --report
+	$(SVDHARM) fit-reference sample_images/mr/site_a -o out/mr-reference.json
+	$(SVDHARM) harmonize sample_images/mr/site_b out/harmonized/mr --reference out/mr-reference.json
+	$(SVDHARM) bands sample_images/ct/site_b/head/IM0008.dcm -o out/ct_b_bands.png
 	@echo "demo outputs are in out/ (HTML reports next to each run's log)"
 
 test: install

@@ -1,7 +1,9 @@
 """Generate sample_images/: synthetic fundus-like and radiograph-like images from two sites.
 
 Site A is bright, sharp and clean; site B is darker, flatter, blurred and noisy, as if from
-another scanner. Everything is drawn from fixed seeds, so rerunning this script reproduces
+another scanner. Volumes too: a CT series per site (16 slice files in Hounsfield units; site A
+stores them signed, site B unsigned with intercept -1024 and reads 60 HU high with more noise)
+and an MR head per site as NIfTI (int16, site B scaled by 1.7 and blurred). Everything is drawn from fixed seeds, so rerunning this script reproduces
 the committed files. Run: python scripts/make_sample_images.py [OUTDIR]
 """
 
@@ -125,6 +127,82 @@ def save_dicom(arr: np.ndarray, path: Path, site: str, monochrome1: bool = False
     ds.save_as(path, enforce_file_format=True)
 
 
+def phantom_volume(rng: np.random.Generator, slices: int = 16, size: int = 128) -> np.ndarray:
+    """A head-like volume in [0, 1]: skull ring, brain, dark ventricles that change along z."""
+    zz, yy, xx = np.mgrid[0:slices, 0:size, 0:size]
+    z = (zz + 0.5) / slices
+    r = np.hypot((xx - size / 2) / (0.42 * size), (yy - size / 2) / (0.48 * size))
+    r = r / np.sqrt(np.clip(1 - (2 * z - 1) ** 2, 0.15, 1))
+    skull = (r < 1) & (r > 0.88)
+    brain = r <= 0.88
+    ventricle = (np.abs(xx - size / 2) < 0.08 * size) & (np.abs(yy - size / 2) < 0.2 * size)
+    vol = 0.9 * skull + 0.45 * brain - 0.25 * (brain & ventricle & (np.abs(z - 0.5) < 0.25))
+    vol = vol + 0.04 * np.sin(11 * xx / size + 4 * z) * brain
+    vol = ndimage.gaussian_filter(vol, (0.5, 1.0, 1.0))
+    return np.clip(vol + 0.01 * rng.standard_normal(vol.shape), 0, 1)
+
+
+def save_ct_series(vol: np.ndarray, folder: Path, site: str) -> None:
+    """One CT file per slice, in Hounsfield units: -1000 (air) to about 1000 (bone)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    _, _, _, blur, noise = SITES[site]
+    rng = np.random.default_rng(len(site) * 31 + (site == "site_b"))
+    hu = -1000 + 2000 * ndimage.gaussian_filter(vol, (0, blur, blur) if blur else 0)
+    hu += (60 if site == "site_b" else 0) + 400 * noise * rng.standard_normal(hu.shape)
+    signed = site == "site_a"
+    intercept = 0 if signed else -1024
+    series = generate_uid(entropy_srcs=["sample ct series", site])
+    for i in range(vol.shape[0]):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=["sample ct", site, str(i)])
+        ds.StudyInstanceUID = generate_uid(entropy_srcs=["sample study", site])
+        ds.SeriesInstanceUID = series
+        ds.FrameOfReferenceUID = generate_uid(entropy_srcs=["sample frame", site])
+        ds.PatientName = "Synthetic^Phantom"
+        ds.PatientID = f"PHANTOM-{site.upper()}"
+        ds.Modality = "CT"
+        ds.Manufacturer = f"Simulated {site}"
+        ds.SeriesDescription = "Head phantom"
+        ds.SeriesNumber = 2
+        ds.InstanceNumber = i + 1
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImagePositionPatient = [-64.0, -64.0, 2.5 * i]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [1.0, 1.0]
+        ds.SliceThickness = 2.5
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, intercept, "HU"
+        stored = np.clip(np.rint(hu[i] - intercept), -1024 if signed else 0, 4095)
+        pixels = stored.astype(np.int16 if signed else np.uint16)
+        ds.set_pixel_data(pixels, "MONOCHROME2", 16 if signed else 12, generate_instance_uid=False)
+        ds.WindowCenter, ds.WindowWidth = 40, 400
+        ds.save_as(folder / f"IM{i + 1:04d}.dcm", enforce_file_format=True)
+
+
+def save_nifti(vol: np.ndarray, path: Path, site: str) -> None:
+    """An int16 MR-like NIfTI volume (x, y, z) with a 1 mm x 1 mm x 2.5 mm affine."""
+    import nibabel as nib
+
+    gain, offset, gamma, blur, noise = SITES[site]
+    rng = np.random.default_rng(len(site) * 7 + (site == "site_b"))
+    mr = ndimage.gaussian_filter(vol, (0, blur, blur)) if blur else vol
+    mr = (mr**gamma * gain + offset) * (1.7 if site == "site_b" else 1.0)
+    mr = mr + noise * rng.standard_normal(mr.shape)
+    data = np.rint(np.clip(mr, 0, None) * 1000).astype(np.int16).transpose(2, 1, 0)
+    affine = np.diag([1.0, 1.0, 2.5, 1.0])
+    affine[:3, 3] = (-64, -64, 0)
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_qform(affine, code=1)
+    img.header.set_sform(affine, code=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, path)
+
+
 def main(outdir: Path) -> None:
     for s, site in enumerate(SITES):
         for i in range(2):
@@ -161,6 +239,9 @@ def main(outdir: Path) -> None:
             outdir / "fundus" / site / f"fundus_{letter}3_rgb.dcm",
             site,
         )
+        head = phantom_volume(np.random.default_rng(1000 * s + 17))
+        save_ct_series(head, outdir / "ct" / site / "head", site)
+        save_nifti(head, outdir / "mr" / site / f"head_{letter}.nii.gz", site)
 
 
 if __name__ == "__main__":
