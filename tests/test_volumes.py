@@ -396,3 +396,32 @@ def test_broken_slice_fails_its_series_alone(tmp_path: Path) -> None:
     assert len(series) == 5 and all(f["status"] == "failed" for f in series)
     assert paths[2].name in series[0]["reason"]
     assert not (out / "mr").exists() or not any((out / "mr").iterdir())
+
+
+def test_kind_mismatch_is_refused_before_pixels_are_decoded(tmp_path: Path, monkeypatch) -> None:
+    """A multi-frame colour DICOM against a gray reference fails from its header alone."""
+    from svdharm_cli.formats import dicom
+    from svdharm_cli.methods import Method
+    from svdharm_cli.reference import Reference
+    from svdharm_cli.worker import FAILED, JobConfig, process_file
+
+    rgb = np.rint(np.stack([textured(24, 20, seed=k, channels=3) for k in range(6)]) * 255)
+    make_dicom(
+        tmp_path / "in" / "colour.dcm",
+        np.moveaxis(rgb, 1, 3).astype(np.uint8),
+        photometric="RGB",
+        bits_stored=8,
+    )
+    zeros = np.zeros((1, 4))
+    gray = Reference.fit([("normalized", zeros, zeros + 0.1)], (0.07, 0.2, 0.5))
+
+    def no_decoding(path: Path, ds: object) -> np.ndarray:
+        raise AssertionError("pixels were decoded")
+
+    monkeypatch.setattr(dicom, "_decode", no_decoding)
+    config = JobConfig(
+        Method.HARMONIZE, (0.07, 0.2, 0.5), tmp_path / "in", tmp_path / "out", reference=gray
+    )
+    result = process_file("colour.dcm", config)
+    assert result.status == FAILED
+    assert "is RGB (3 channels) in normalized units, but the reference" in result.reason
