@@ -47,19 +47,32 @@ def write_text(final: Path, text: str, *, replace: bool = True) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-@contextlib.contextmanager
-def atomic_paths(finals: Sequence[Path]) -> Iterator[list[Path]]:
-    """Like :func:`atomic_path` for several files that belong together (the slices of a
-    series): all are written to temporaries first and renamed into place only when every
-    one is complete, so a failure part way leaves none of them."""
-    for final in finals:
-        final.parent.mkdir(parents=True, exist_ok=True)
-    tmps = [temp_name(final) for final in finals]
-    try:
-        yield tmps
-        for tmp, final in zip(tmps, finals):
+class Staged:
+    """Files that belong together (the slices and copies of one volume), written to
+    temporaries first; :meth:`commit` renames them all into place."""
+
+    def __init__(self, finals: Sequence[Path]) -> None:
+        self.finals = list(finals)
+        for final in self.finals:
+            final.parent.mkdir(parents=True, exist_ok=True)
+        self.temps = [temp_name(final) for final in self.finals]
+
+    def commit(self) -> None:
+        for tmp, final in zip(self.temps, self.finals):
             os.replace(tmp, final)
-    finally:
-        for tmp in tmps:
+
+    def discard(self) -> None:
+        for tmp in self.temps:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+
+
+@contextlib.contextmanager
+def staged(finals: Sequence[Path]) -> Iterator[Staged]:
+    """Like :func:`atomic_path` for several files: nothing reaches a final name until
+    :meth:`Staged.commit`, and whatever was not committed is removed on the way out."""
+    stage = Staged(finals)
+    try:
+        yield stage
+    finally:
+        stage.discard()

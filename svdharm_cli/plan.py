@@ -18,7 +18,7 @@ import hashlib
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +52,14 @@ class Unit:
         for a series its folder and a digest of its Series Instance UID.
     volume
         How the log names the volume: ``folder/[series N]`` for a series, else None.
+    size
+        The files' total size in bytes: how tasks are sized.
     """
 
     files: tuple[str, ...]
     key: str
     volume: str | None = None
+    size: int = 0
 
 
 def check_roots(inp: Path, out: Path) -> None:
@@ -141,7 +144,15 @@ def plan_units(root: Path, rels: Sequence[str]) -> list[Unit]:
         )
         files = tuple(rel for rel, _ in _slice_order(members))
         units.append(Unit(files, f"{folder}\x00series\x00{digest}", label))
-    return sorted(units, key=lambda u: min(u.files))
+    sized = [replace(u, size=sum(_size(root / rel) for rel in u.files)) for u in units]
+    return sorted(sized, key=lambda u: min(u.files))
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def output_paths(rel: str, method_harmonize: bool, copies: int) -> list[str]:

@@ -5,6 +5,8 @@
   blocked; a second concurrent run is refused with a clear message.
 - :func:`interruptible` turns SIGTERM (and SIGINT) into :class:`Interrupted`, so a run
   stops dispatching, stops its workers, removes temporaries and still writes its log.
+- :func:`signals_deferred` holds SIGINT and SIGTERM back while outputs are renamed into
+  place and reported, so that every output present after a stop is in the log.
 - :func:`sweep_temporaries` removes temporaries left in OUT (by a worker stopped mid-write,
   or by a run killed with SIGKILL); it is safe because the lock guarantees no other run is
   writing there.
@@ -76,8 +78,37 @@ class OutputLock:
             self._fd = None
 
 
+_DEFERRAL: dict[str, int] = {"depth": 0, "pending": 0}
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    if _DEFERRAL["depth"]:
+        _DEFERRAL["pending"] = signum
+        return
     raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Within the block SIGINT and SIGTERM take no effect; they act when it ends.
+
+    Two mechanisms, for the two kinds of process: the signals are blocked for this thread
+    (a worker, whose SIGTERM keeps its default action, dies only after the block), and the
+    handler of :func:`interruptible` records the signal instead of raising (the parent,
+    where another thread may receive it), raising :class:`Interrupted` at the end.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    _DEFERRAL["depth"] += 1
+    try:
+        yield
+    finally:
+        _DEFERRAL["depth"] -= 1
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        pending = _DEFERRAL["pending"]
+        if pending and not _DEFERRAL["depth"]:
+            _DEFERRAL["pending"] = 0
+            raise Interrupted(pending)
 
 
 @contextlib.contextmanager
@@ -108,3 +139,17 @@ def sweep_temporaries(out: Path) -> int:
                     os.unlink(os.path.join(dirpath, name))
                     removed += 1
     return removed
+
+
+@contextlib.contextmanager
+def signals_deferred_quietly() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back during clean-up after a stop; a second signal then
+    neither breaks the clean-up nor raises again (the run is already stopping)."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    _DEFERRAL["depth"] += 1
+    try:
+        yield
+    finally:
+        _DEFERRAL["depth"] -= 1
+        _DEFERRAL["pending"] = 0
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

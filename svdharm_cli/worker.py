@@ -27,7 +27,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from svdharm_cli.atomic import atomic_paths
+from svdharm_cli.atomic import Staged, staged
 from svdharm_cli.bands import Bands
 from svdharm_cli.errors import ImageError, SkipImage
 from svdharm_cli.formats import (
@@ -54,8 +54,11 @@ from svdharm_cli.methods import (
 )
 from svdharm_cli.plan import Unit, output_paths
 from svdharm_cli.reference import Entry, Reference, describe_kind
+from svdharm_cli.safety import signals_deferred
 
 OK, SKIPPED, FAILED = "ok", "skipped", "failed"
+ALREADY_DONE = "outputs already exist (--skip-existing)"
+"""The reason of a file skipped because an earlier run finished it."""
 
 CACHE_BYTES = 512 * 2**20
 """Decompositions kept between the statistics step and the apply step of one volume."""
@@ -112,8 +115,19 @@ def process_file(rel: str, config: JobConfig) -> FileResult:
     return process_unit(Unit((rel,), rel), config)[0]
 
 
-def process_unit(unit: Unit, config: JobConfig, threads: int = 1) -> list[FileResult]:
-    """Read, transform and write one unit; every expected problem becomes its results."""
+Report = Callable[[list[FileResult]], None]
+
+
+def process_unit(
+    unit: Unit, config: JobConfig, threads: int = 1, report: Report | None = None
+) -> list[FileResult]:
+    """Read, transform and write one unit; every expected problem becomes its results.
+
+    ``report`` receives the results as soon as they are final. For a unit that wrote
+    files it is called right after the outputs are renamed into place, with SIGINT and
+    SIGTERM held back across both, so that no stop can leave an output on disk that was
+    not reported (the run log is built from what was reported).
+    """
     start = time.perf_counter()
     planned = [
         output_paths(rel, config.method is Method.HARMONIZE, config.copies) for rel in unit.files
@@ -124,22 +138,34 @@ def process_unit(unit: Unit, config: JobConfig, threads: int = 1) -> list[FileRe
     ) -> list[FileResult]:
         share = (time.perf_counter() - start) / len(unit.files)
         per_file = outputs or [()] * len(unit.files)
-        return [
+        done = [
             FileResult(rel, status, reason, tuple(out), share, unit.volume)
             for rel, out in zip(unit.files, per_file)
         ]
+        if report is not None and status != OK:
+            report(done)
+        return done
 
     first = config.in_root / unit.files[0]
     if config.skip_existing and all((config.out_root / o).exists() for p in planned for o in p):
-        return results(SKIPPED, f"{first}: outputs already exist (--skip-existing)")
+        return results(SKIPPED, f"{first}: {ALREADY_DONE}")
     try:
         for outs in planned:
             for out_rel in outs:
                 _check_inside(config.out_root, config.out_root / out_rel)
         images = _read(unit, config)
         entry = _entry(config.reference, images[0].info, config.in_root / unit.files[0])
-        outputs = _transform_and_write(unit, config, images, entry, planned, threads)
-        return results(OK, None, outputs)
+        # Copy-major order: the outputs of copy j are finals[j * files : (j + 1) * files].
+        copies = len(planned[0])
+        finals = [config.out_root / outs[j] for j in range(copies) for outs in planned]
+        with staged(finals) as stage:
+            outputs = _transform_and_write(unit, config, images, entry, planned, threads, stage)
+            done = results(OK, None, outputs)
+            with signals_deferred():
+                stage.commit()
+                if report is not None:
+                    report(done)
+        return done
     except SkipImage as exc:
         return results(SKIPPED, _in_volume(exc.message, unit))
     except ImageError as exc:
@@ -195,7 +221,10 @@ def _transform_and_write(
     entry: Entry | None,
     planned: list[list[str]],
     threads: int,
+    stage: Staged,
 ) -> list[list[OutputRecord]]:
+    """Transform every slice and write every copy to the stage's temporaries; return the
+    records of each file's outputs."""
     slices = [(image, f) for image in images for f in range(image.frame_count)]
     random = config.method is not Method.HARMONIZE
     copies = len(planned[0])
@@ -263,9 +292,9 @@ def _transform_and_write(
             label=config.label,
             copy=j,
         )
-        finals = [config.out_root / planned[k][j] for k in range(len(unit.files))]
-        with atomic_paths(finals) as tmps:
-            write_images(images, news[j], tmps, config.write, context)
+        files = len(unit.files)
+        temps = stage.temps[j * files : (j + 1) * files]
+        write_images(images, news[j], temps, config.write, context)
         for k in range(len(unit.files)):
             outputs[k].append(
                 OutputRecord(planned[k][j], seeds[j], _logged(coefficients[j], config.method))

@@ -101,6 +101,9 @@ def test_signal_mid_batch_then_resume(
     for record in log["files"]:
         for output in record["outputs"]:
             assert (out / output["path"]).is_file()
+    # Every output on disk is logged as ok, and nothing else is.
+    logged = {o["path"] for r in log["files"] if r["status"] == "ok" for o in r["outputs"]}
+    assert set(_tree_bytes(out)) == logged
 
     resumed = svdharm(*args, "--skip-existing")
     assert resumed.code == 0, resumed.stderr
@@ -108,6 +111,29 @@ def test_signal_mid_batch_then_resume(
     assert svdharm("augment", big_tree, clean, "--seed", 5, "--copies", 2, "--workers", 1).code == 0
     assert _tree_bytes(out) == _tree_bytes(clean)
     assert len(_tree_bytes(clean)) == 60
+
+
+@pytest.mark.slow
+def test_every_output_after_a_stop_is_logged(tmp_path: Path) -> None:
+    """Small files travel in chunks; a stop in the middle of a chunk must still log every
+    output that reached disk (three stops at different moments)."""
+    src = tmp_path / "in"
+    for i in range(240):
+        save(src / f"im{i:03d}.png", textured(200, 200, seed=i))
+    for k, delay in enumerate((0.05, 0.3, 0.6)):
+        out = tmp_path / f"out{k}"
+        args = ["augment", src, out, "--seed", 2, "--copies", 2, "--workers", 2]
+        proc = subprocess.Popen([sys.executable, "-m", "svdharm_cli", *map(str, args)])
+        deadline = time.monotonic() + 120
+        while not list(out.glob("*.png")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+        log = only_log(out)
+        logged = {o["path"] for r in log["files"] if r["status"] == "ok" for o in r["outputs"]}
+        assert set(_tree_bytes(out)) == logged, k
+        assert log["counts"]["ok"] + log["counts"]["not_processed"] == 240
 
 
 def test_second_run_into_same_output_is_refused(tmp_path: Path) -> None:
