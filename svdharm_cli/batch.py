@@ -24,6 +24,7 @@ from svdharm_cli.plan import Unit
 from svdharm_cli.safety import (
     Interrupted,
     ignore_signals_in_worker,
+    quiet_libraries,
     signals_deferred,
     signals_deferred_quietly,
 )
@@ -50,6 +51,7 @@ _BLAS: dict[str, Any] = {}
 
 def _init_worker(config: JobConfig, results: Any) -> None:
     ignore_signals_in_worker()
+    quiet_libraries()
     _WORKER.update(config=config, results=results)
 
 

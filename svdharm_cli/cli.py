@@ -66,21 +66,26 @@ def _fractions(value: Optional[str]) -> Optional[tuple[float, ...]]:
         raise typer.BadParameter(str(exc)) from exc
 
 
+FRACTIONS_HELP = "Increasing band cuts as fractions of the singular values, e.g. 0.07,0.2,0.5."
 Fractions = Annotated[
     Optional[str],
     typer.Option(
-        help="Increasing band cuts as fractions of the singular values, e.g. 0.07,0.2,0.5 "
-        "(the default). With a JSON reference, the reference's own are used.",
-        show_default=False,
+        help=FRACTIONS_HELP + " With a JSON reference, the reference's own are used.",
+        show_default="0.07,0.2,0.5",
     ),
+]
+BandFractions = Annotated[
+    Optional[str], typer.Option("--fractions", help=FRACTIONS_HELP, show_default="0.07,0.2,0.5")
 ]
 Workers = Annotated[
     Optional[int],
-    typer.Option(min=1, help="Worker processes [default: the CPUs this process may use]."),
+    typer.Option(min=1, help="Worker processes.", show_default="the CPUs this process may use"),
 ]
 Log = Annotated[
     Optional[Path],
-    typer.Option(help="Where to write the JSON run log [default: a new timestamped file in OUT]."),
+    typer.Option(
+        help="Where to write the JSON run log.", show_default="a new timestamped file in OUT"
+    ),
 ]
 Quiet = Annotated[
     bool, typer.Option("--quiet", "-q", help="Print only failures and errors (for cron).")
@@ -147,7 +152,10 @@ def _main(
 @app.command("fit-reference")
 @_user_errors
 def fit_reference(
-    refs: Annotated[list[Path], typer.Argument(help="Reference images or folders (a cohort).")],
+    refs: Annotated[
+        list[Path],
+        typer.Argument(metavar="REF", help="Reference images, volumes or folders (a cohort)."),
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Reference JSON to write.")],
     fractions: Fractions = None,
     max_pixels: MaxPixels = 100_000_000,
@@ -234,7 +242,7 @@ def augment(
     copies: Annotated[int, typer.Option(min=1, help="De-harmonized copies per input.")] = 1,
     seed: Annotated[
         Optional[int],
-        typer.Option(min=0, help="Base seed [default: drawn at random, printed and logged]."),
+        typer.Option(min=0, help="Base seed.", show_default="drawn at random, printed and logged"),
     ] = None,
     low: Annotated[float, typer.Option(min=0.0, help="Lowest band coefficient.")] = 0.8,
     high: Annotated[float, typer.Option(min=0.0, help="Highest band coefficient.")] = 1.2,
@@ -298,12 +306,19 @@ def augment(
 @app.command()
 @_user_errors
 def bands(
-    image: Annotated[Path, typer.Argument(help="Any image svdharm reads.")],
+    image: Annotated[
+        Path, typer.Argument(metavar="IMAGE", help="Any image or volume svdharm reads.")
+    ],
     output: Annotated[
         Optional[Path],
-        typer.Option("--output", "-o", help="Panel PNG [default: <stem>_bands.png here]."),
+        typer.Option(
+            "--output",
+            "-o",
+            help="Panel PNG to write.",
+            show_default="<stem>_bands.png in the current folder",
+        ),
     ] = None,
-    fractions: Fractions = None,
+    fractions: BandFractions = None,
     frame: Annotated[
         int, typer.Option(min=0, help="Slice of a volume (multi-frame DICOM, NIfTI, TIFF).")
     ] = 0,
@@ -314,11 +329,14 @@ def bands(
     from svdharm_cli import display
     from svdharm_cli.atomic import atomic_path
     from svdharm_cli.bands import DEFAULT_FRACTIONS
-    from svdharm_cli.errors import UsageError
+    from svdharm_cli.errors import ImageError, SkipImage, UsageError
     from svdharm_cli.formats import read_image
     from svdharm_cli.panel import build_panel, display_window, render
 
-    picture = read_image(image, slice_axis=slice_axis)
+    try:
+        picture = read_image(image, slice_axis=slice_axis)
+    except SkipImage as exc:  # nothing to show is a failure here, not a skip
+        raise ImageError(exc.message) from None
     if frame >= picture.frame_count:
         raise UsageError(f"--frame {frame}: {image} has {picture.frame_count} slice(s)")
     panel = build_panel(
@@ -338,10 +356,12 @@ def bands(
 @app.command()
 @_user_errors
 def report(
-    log: Annotated[Path, typer.Argument(help="A run's JSON log.")],
+    log: Annotated[Path, typer.Argument(metavar="LOG", help="A run's JSON log.")],
     output: Annotated[
         Optional[Path],
-        typer.Option("--output", "-o", help="HTML file [default: the log's name, .html]."),
+        typer.Option(
+            "--output", "-o", help="HTML file to write.", show_default="the log's name, .html"
+        ),
     ] = None,
     quiet: Quiet = False,
 ) -> None:
@@ -393,4 +413,7 @@ def _run(
 
 def main() -> None:
     """Console-script entry point."""
+    from svdharm_cli.safety import quiet_libraries
+
+    quiet_libraries()
     app()

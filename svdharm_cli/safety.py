@@ -153,3 +153,18 @@ def signals_deferred_quietly() -> Iterator[None]:
         _DEFERRAL["depth"] -= 1
         _DEFERRAL["pending"] = 0
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def quiet_libraries() -> None:
+    """Keep imaging libraries from printing header values: pydicom's warnings and log
+    messages quote them (UIDs, names), and svdharm's messages name files only. Readers
+    also silence warnings while they parse; this covers every other place a header is
+    touched, in the parent and in every worker process."""
+    import logging
+    import warnings
+
+    for name in ("pydicom", "nibabel", "tifffile", "PIL"):
+        warnings.filterwarnings("ignore", module=rf"{name}(\.|$)")
+        logger = logging.getLogger(name)
+        logger.addHandler(logging.NullHandler())
+        logger.propagate = False
