@@ -161,6 +161,8 @@ def fit_reference(
     max_pixels: MaxPixels = 100_000_000,
     per_slice: PerSlice = False,
     slice_axis: SliceAxis = 2,
+    include: Include = None,
+    exclude: Exclude = None,
     quiet: Quiet = False,
 ) -> None:
     """Fit a reference (per-band mean and std) from one image or a cohort.
@@ -173,14 +175,22 @@ def fit_reference(
 
     fr = _fractions(fractions) or DEFAULT_FRACTIONS
     with display.progress("fitting", quiet) as (_, on_result):
-        reference, problems = jobs.fit_reference(
-            refs, fr, max_pixels, on_result, per_slice=per_slice, slice_axis=slice_axis
+        reference, problems, ignored = jobs.fit_reference(
+            refs,
+            fr,
+            max_pixels,
+            on_result,
+            per_slice=per_slice,
+            slice_axis=slice_axis,
+            include=tuple(include or ()),
+            exclude=tuple(exclude or ()),
         )
     jobs.save_reference(reference, output)
     display.report_failures(problems)
     display.print_line(
-        f"reference from {len(reference.sources)} file(s) ({reference.kinds()}), "
-        f"fractions {list(reference.fractions)} written to {output}",
+        f"reference from {display.plural(len(reference.sources), 'file')} "
+        f"({reference.kinds()}), fractions {list(reference.fractions)} written to {output}"
+        + (f"; ignored {display.plural(ignored, 'file')} that are not images" if ignored else ""),
         quiet,
     )
     if any(p.status == "failed" for p in problems):

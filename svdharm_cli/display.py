@@ -78,7 +78,14 @@ def report_failures(results: list[FileResult]) -> None:
         err.print(f"... and {len(problems) - MAX_LISTED} more failures (see the log)")
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 file``, ``2 files``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def summary(run: RunSummary, quiet: bool) -> None:
+    from svdharm_cli.worker import ALREADY_DONE
+
     report_failures(run.results)
     if run.interrupted is not None:
         name = signal.Signals(run.interrupted).name
@@ -94,9 +101,19 @@ def summary(run: RunSummary, quiet: bool) -> None:
     style = "red" if failed else "green"
     out.print(
         f"[{style}]processed {ok}[/], skipped {skipped}, failed {failed} "
-        f"({written} files written) in {run.seconds:.1f} s"
+        f"({plural(written, 'file')} written) in {run.seconds:.1f} s"
     )
-    skipped_results = [r for r in run.results if r.status == "skipped"]
+    done = [r for r in run.results if (r.reason or "").endswith(ALREADY_DONE)]
+    if done or run.retried:
+        retried = f"; {run.retried} that failed before tried again" if run.retried else ""
+        out.print(f"resumed: {plural(len(done), 'file')} already done{retried}")
+    if run.ignored:
+        out.print(f"ignored {plural(run.ignored, 'file')} that are not images (named in the log)")
+    skipped_results = [
+        r
+        for r in run.results
+        if r.status == "skipped" and not (r.reason or "").endswith(ALREADY_DONE)
+    ]
     for r in skipped_results[:MAX_LISTED]:
         out.print(f"skipped: {safe(r.reason or r.path)}")
     if len(skipped_results) > MAX_LISTED:

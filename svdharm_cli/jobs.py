@@ -7,6 +7,7 @@ The CLI turns options into a :class:`RunRequest` and calls :func:`run` or
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import signal
 import sys
@@ -36,7 +37,15 @@ from svdharm_cli.plan import Unit, check_roots, discover, plan_units
 from svdharm_cli.reference import Reference, Source
 from svdharm_cli.runlog import LOG_FORMAT, LOG_VERSION, file_record, iso, utc_now, write_log
 from svdharm_cli.safety import OutputLock, interruptible, sweep_temporaries
-from svdharm_cli.worker import FAILED, OK, SKIPPED, FileResult, JobConfig, volumes_of
+from svdharm_cli.worker import (
+    ALREADY_DONE,
+    FAILED,
+    OK,
+    SKIPPED,
+    FileResult,
+    JobConfig,
+    volumes_of,
+)
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,8 @@ class RunSummary:
     seed_given: bool
     total: int = 0
     interrupted: int | None = None
+    ignored: int = 0
+    retried: int | None = None
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -138,8 +149,11 @@ def fit_reference(
     *,
     per_slice: bool = False,
     slice_axis: int = 2,
-) -> tuple[Reference, list[FileResult]]:
-    """Fit a reference from image files and folders (walked like inputs).
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> tuple[Reference, list[FileResult], int]:
+    """Fit a reference from image files and folders (walked like inputs); also return the
+    problems and how many files no format takes were ignored.
 
     Images are grouped by (unit, channel count), one reference entry per group; a DICOM
     series or other volume counts as one image. Files that cannot be read are reported
@@ -147,11 +161,13 @@ def fit_reference(
     when no image remains.
     """
     units: list[tuple[Path, Unit]] = []
+    ignored = 0
     for p in paths:
         if not p.exists():
             raise UsageError(f"reference input {p} does not exist")
-        root, rels = discover(p)
-        units.extend((root, u) for u in plan_units(root, rels))
+        found = discover(p, include=include, exclude=exclude)
+        ignored += len(found.ignored)
+        units.extend((found.root, u) for u in plan_units(found.root, found.images))
     if not units:
         raise UsageError("no PNG, JPEG, TIFF, NIfTI or DICOM images found in the reference inputs")
     stats: list[tuple[str, np.ndarray, np.ndarray]] = []
@@ -178,7 +194,7 @@ def fit_reference(
             on_result(FileResult(str(root / rel), OK, None, (), seconds, unit.volume))
     if not stats:
         raise UsageError("none of the reference images could be read", hint=problems[0].reason)
-    return Reference.fit(stats, fractions, sources), problems
+    return Reference.fit(stats, fractions, sources), problems, ignored
 
 
 def save_reference(reference: Reference, path: Path) -> None:
@@ -189,8 +205,14 @@ def load_reference(
     path: Path, fractions: tuple[float, ...] | None, max_pixels: int, slice_axis: int = 2
 ) -> tuple[Reference, dict[str, Any]]:
     """A reference from JSON, or fitted on the fly from one image; plus its log record."""
+    if path.is_dir():
+        raise ReferenceFileError(
+            f"reference {path} is a folder; pass a reference JSON written by "
+            "svdharm fit-reference, or one image or volume to fit one from",
+            hint=f"svdharm fit-reference {path} -o reference.json",
+        )
     if not path.is_file():
-        raise ReferenceFileError(f"reference {path} does not exist or is not a file")
+        raise ReferenceFileError(f"reference {path} does not exist")
     if path.suffix.lower() == ".json":
         try:
             text = path.read_text(encoding="utf-8")
@@ -251,14 +273,16 @@ def run(
         seed = request.seed
         if request.method is not Method.HARMONIZE and seed is None:
             seed = secrets.randbits(63)
-        root, rels = discover(
+        found = discover(
             request.inp,
             include=request.include,
             exclude=request.exclude,
             skip_dirs=[request.out],
             include_hidden=request.include_hidden,
         )
+        root, rels = found.root, found.images
         units = plan_units(root, rels)
+        previous_failures = _previous_failures(request) if request.skip_existing else None
         config = JobConfig(
             method=request.method,
             fractions=fractions,
@@ -284,6 +308,9 @@ def run(
         if outcome.interrupted is not None:
             sweep_temporaries(request.out)
         results = outcome.results
+        retried = None
+        if previous_failures is not None:
+            retried = sum(r.path in previous_failures and not _already_done(r) for r in results)
         seconds = time.perf_counter() - clock
         data = {
             "format": LOG_FORMAT,
@@ -309,8 +336,12 @@ def run(
             "seed_given": request.seed is not None,
             "counts": {
                 **{s: sum(r.status == s for r in results) for s in (OK, SKIPPED, FAILED)},
+                "already_done": sum(_already_done(r) for r in results),
+                "retried_failures": retried,
                 "not_processed": len(rels) - len(results),
+                "ignored": len(found.ignored),
             },
+            "ignored": found.ignored,
             "volumes": [
                 {"volume": u.volume, "files": list(u.files)} for u in units if u.volume is not None
             ],
@@ -325,7 +356,26 @@ def run(
         request.seed is not None,
         total=len(rels),
         interrupted=outcome.interrupted,
+        ignored=len(found.ignored),
+        retried=retried,
     )
+
+
+def _already_done(result: FileResult) -> bool:
+    return result.status == SKIPPED and (result.reason or "").endswith(ALREADY_DONE)
+
+
+def _previous_failures(request: RunRequest) -> set[str] | None:
+    """Paths that failed in the latest earlier run of this command into OUT (its default
+    log), or None when there is none to read."""
+    logs = sorted(request.out.glob(f"svdharm-{request.command}-*.json"))
+    for path in reversed(logs):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return {f["path"] for f in data["files"] if f.get("status") == FAILED}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 def _provenance(

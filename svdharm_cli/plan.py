@@ -75,6 +75,16 @@ def check_roots(inp: Path, out: Path) -> None:
         raise UsageError(f"output {out} exists and is not a folder")
 
 
+@dataclass(frozen=True)
+class Found:
+    """What a walk found: the root, the images (relative POSIX paths, sorted), and the
+    files no format takes (ignored; named in the run log and counted in the summary)."""
+
+    root: Path
+    images: list[str]
+    ignored: list[str]
+
+
 def discover(
     inp: Path,
     *,
@@ -82,8 +92,8 @@ def discover(
     exclude: Sequence[str] = (),
     skip_dirs: Sequence[Path] = (),
     include_hidden: bool = False,
-) -> tuple[Path, list[str]]:
-    """The input root and the sorted relative paths (POSIX form) of the images under it.
+) -> Found:
+    """The input root, the images under it and the files ignored there.
 
     A file given directly is taken as it is. In a folder: hidden files and folders (names
     starting with ``.``) are skipped unless ``include_hidden``; symbolic links to folders
@@ -93,9 +103,9 @@ def discover(
     none are given) and no ``exclude``.
     """
     if inp.is_file():
-        return inp.parent, [inp.name]
+        return Found(inp.parent, [inp.name], [])
     skip = {p.resolve() for p in skip_dirs}
-    found = []
+    found, ignored = [], []
     for dirpath, dirnames, filenames in os.walk(inp):
         here = Path(dirpath)
         dirnames[:] = sorted(
@@ -115,7 +125,9 @@ def discover(
                 continue
             if handler_for(here / name) is not None:
                 found.append(rel)
-    return inp, sorted(found)
+            else:
+                ignored.append(rel)
+    return Found(inp, sorted(found), sorted(ignored))
 
 
 def plan_units(root: Path, rels: Sequence[str]) -> list[Unit]:

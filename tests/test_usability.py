@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from svdharm_cli.cli import app
-from tests.conftest import svdharm
+from tests.conftest import only_log, svdharm
 from tests.dicom_files import installed_files
 from tests.images import save, textured
 
@@ -91,3 +92,57 @@ def test_header_values_never_reach_terminal_or_log(tmp_path: Path) -> None:
         for secret in secrets:
             assert secret not in text
     assert "UserWarning" not in "".join(texts)
+
+
+def test_resume_counts_done_files_and_says_how_many_failures_were_retried(tmp_path: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i in range(3):
+        save(src / f"ok{i}.png", textured(32, 32, seed=i))
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    assert svdharm("augment", src, out, "--seed", 3).code == 1
+    resumed = svdharm("augment", src, out, "--seed", 3, "--skip-existing")
+    assert resumed.code == 1
+    assert "skipped:" not in resumed.stdout  # done files are counted, not listed
+    assert "resumed: 3 files already done; 1 that failed before tried again" in resumed.stdout
+    log = json.loads(max(out.glob("svdharm-augment-*.json")).read_text())
+    assert log["counts"]["already_done"] == 3 and log["counts"]["retried_failures"] == 1
+
+
+def test_ignored_files_are_counted_and_named(tmp_path: Path) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    save(src / "a.png", textured(32, 32))
+    (src / "notes.txt").write_text("not an image")
+    (src / "sub").mkdir()
+    (src / "sub" / "table.csv").write_text("1,2")
+    result = svdharm("augment", src, out, "--seed", 1)
+    assert result.code == 0
+    assert "(2 files written)" not in result.stdout and "(1 file written)" in result.stdout
+    assert "ignored 2 files that are not images" in result.stdout
+    log = only_log(out)
+    assert log["ignored"] == ["notes.txt", "sub/table.csv"] and log["counts"]["ignored"] == 2
+
+
+def test_reference_given_a_folder_says_what_to_pass(tmp_path: Path) -> None:
+    save(tmp_path / "in" / "a.png", textured(32, 32))
+    (tmp_path / "refs").mkdir()
+    result = svdharm(
+        "harmonize", tmp_path / "in", tmp_path / "out", "--reference", tmp_path / "refs"
+    )
+    assert result.code == 2
+    assert "is a folder; pass a reference JSON" in result.stderr
+    assert "svdharm fit-reference" in result.stderr
+
+
+def test_fit_reference_include_exclude(tmp_path: Path) -> None:
+    refs = tmp_path / "refs"
+    save(refs / "keep" / "a.png", textured(32, 32, seed=1))
+    save(refs / "keep" / "b.png", textured(32, 32, seed=2))
+    save(refs / "drop" / "c.png", textured(32, 32, seed=3))
+    out = tmp_path / "ref.json"
+    result = svdharm(
+        "fit-reference", refs, "-o", out, "--include", "keep/*", "--exclude", "*/b.png"
+    )
+    assert result.code == 0, result.stderr
+    sources = [s["path"] for s in json.loads(out.read_text())["sources"]]
+    assert [Path(s).name for s in sources] == ["a.png"]
+    assert "reference from 1 file (" in result.stdout
