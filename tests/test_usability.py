@@ -146,3 +146,24 @@ def test_fit_reference_include_exclude(tmp_path: Path) -> None:
     sources = [s["path"] for s in json.loads(out.read_text())["sources"]]
     assert [Path(s).name for s in sources] == ["a.png"]
     assert "reference from 1 file (" in result.stdout
+
+
+@pytest.mark.slow
+def test_package_builds_without_warnings_and_ships_its_template(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp_path, root],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "BuildBackendWarning" not in proc.stderr and "absent from" not in proc.stderr
+    [wheel] = tmp_path.glob("svdharm-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "svdharm_cli/templates/report.html.j2" in names
+    assert "svdharm_cli/formats/nifti.py" in names
