@@ -8,17 +8,29 @@ half-written file at the final name, and a failure leaves no temporary behind.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
-import secrets
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 TEMP_MARKER = ".svdharm-tmp"
 
 
+_COUNTER = itertools.count()
+_MADE: set[Path] = set()
+
+
 def temp_name(final: Path) -> Path:
-    """A hidden, unique sibling of ``final`` (hidden files are skipped when walking inputs)."""
-    return final.with_name(f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_MARKER}")
+    """A hidden sibling of ``final``, unique by process and a per-process count (hidden
+    files are skipped when walking inputs)."""
+    return final.with_name(f".{final.name}.{os.getpid()}-{next(_COUNTER)}{TEMP_MARKER}")
+
+
+def make_folder(folder: Path) -> None:
+    """``folder.mkdir(parents=True, exist_ok=True)``, once per folder and process."""
+    if folder not in _MADE:
+        folder.mkdir(parents=True, exist_ok=True)
+        _MADE.add(folder)
 
 
 @contextlib.contextmanager
@@ -54,7 +66,7 @@ class Staged:
     def __init__(self, finals: Sequence[Path]) -> None:
         self.finals = list(finals)
         for final in self.finals:
-            final.parent.mkdir(parents=True, exist_ok=True)
+            make_folder(final.parent)
         self.temps = [temp_name(final) for final in self.finals]
 
     def commit(self) -> None:

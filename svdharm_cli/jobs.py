@@ -368,7 +368,9 @@ def _already_done(result: FileResult) -> bool:
 def _previous_failures(request: RunRequest) -> set[str] | None:
     """Paths that failed in the latest earlier run of this command into OUT (its default
     log), or None when there is none to read."""
-    logs = sorted(request.out.glob(f"svdharm-{request.command}-*.json"))
+    logs = sorted(
+        request.out.glob(f"svdharm-{request.command}-*.json"), key=lambda p: p.stat().st_mtime_ns
+    )
     for path in reversed(logs):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

@@ -17,6 +17,7 @@ decomposed again, so memory stays bounded whatever the volume's size. Slices are
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -242,7 +243,7 @@ def _transform_and_write(
     cache: list[list[Bands] | None] = [None] * len(slices)
     stats: list[Moments | None] = [None] * len(slices)
     with _slice_threads(threads, len(slices)) as run:
-        if reference is not None and not config.per_slice:
+        if reference is not None and not config.per_slice and len(slices) > 1:
             budget = [CACHE_BYTES]
             lock = threading.Lock()
 
@@ -352,15 +353,18 @@ def _coefficients(config: JobConfig, seed: int | None, channels: int) -> np.ndar
 
 
 def _check_inside(root: Path, target: Path) -> None:
-    """Refuse an output whose folder resolves outside OUT (a symbolic link planted in OUT)."""
-    parent = target.parent
-    while not parent.exists() and parent != root:
-        parent = parent.parent
-    if not parent.exists():
-        return  # nothing exists below OUT yet, so no link can redirect the write
-    real_root, real = root.resolve(), parent.resolve()
-    if real != real_root and real_root not in real.parents:
-        raise ImageError(f"{target}: would be written outside the output folder ({real})")
+    """Refuse an output that a symbolic link inside OUT would send elsewhere: no folder
+    between OUT and the output may be a link (one ``lstat`` per folder level, not a full
+    path resolution per file)."""
+    rel = target.relative_to(root)
+    folder = root
+    for part in rel.parts[:-1]:
+        folder = folder / part
+        if os.path.islink(folder):
+            real = Path(os.path.realpath(folder))
+            real_root = Path(os.path.realpath(root))
+            if real != real_root and real_root not in real.parents:
+                raise ImageError(f"{target}: would be written outside the output folder ({real})")
 
 
 def _logged(coefficients: np.ndarray | None, method: Method) -> list[list[float | None]] | None:

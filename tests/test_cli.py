@@ -58,7 +58,16 @@ def test_harmonize_tree(gray_tree: Path, gray_reference: Path, tmp_path: Path) -
     assert log["reference"]["path"] == str(gray_reference) and len(log["reference"]["sha256"]) == 64
     ref_file = json.loads(gray_reference.read_text())
     assert log["reference"]["entries"] == ref_file["entries"]
-    assert log["counts"] == {"ok": 4, "skipped": 0, "failed": 0, "not_processed": 0}
+    assert log["counts"] == {
+        "ok": 4,
+        "skipped": 0,
+        "failed": 0,
+        "already_done": 0,
+        "retried_failures": None,
+        "not_processed": 0,
+        "ignored": 1,
+    }
+    assert log["ignored"] == ["site2/notes.txt"]
     assert log["status"] == "completed" and log["signal"] is None
     assert [f["path"] for f in log["files"]] == sorted(GRAY_FILES)
     for f in log["files"]:

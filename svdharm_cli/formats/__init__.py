@@ -22,6 +22,7 @@ decoded, so that a file that cannot match the reference is refused at once.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,6 +229,7 @@ class FormatHandler(Protocol):
 HEAD_BYTES = 132
 
 
+@functools.cache
 def _handlers() -> tuple[FormatHandler, ...]:
     from svdharm_cli.formats.dicom import DICOM
     from svdharm_cli.formats.nifti import NIFTI
