@@ -39,9 +39,9 @@ _ROW_BLOCK = 512
 _SMALL = 256 * 256
 """Channels of at most this many pixels get their statistics from the formed components
 (cheaper there than the column-sum formulas' Python overhead, and exact two-pass)."""
-_SCIPY_EIGH_ABOVE = 1024
+_SCIPY_EIGH_ABOVE = 2048
 """Gram matrices larger than this go to SciPy's eigh, which can overwrite its input (NumPy's
-copies it: 128 MiB more at 4096 x 4096); smaller ones to NumPy's. Both run LAPACK's
+copies it: 128 MiB more at 4096 x 4096); others to NumPy's. Both run LAPACK's
 divide-and-conquer ``syevd`` (NumPy's was as fast or faster at every size measured, 28 to
 2048), and NumPy's spares a process the 0.18 s import of ``scipy.linalg``."""
 

@@ -348,7 +348,8 @@ def bands(
     except SkipImage as exc:  # nothing to show is a failure here, not a skip
         raise ImageError(exc.message) from None
     if frame >= picture.frame_count:
-        raise UsageError(f"--frame {frame}: {image} has {picture.frame_count} slice(s)")
+        count = display.plural(picture.frame_count, "slice")
+        raise UsageError(f"--frame {frame}: {image} has {count} (numbered from 0)")
     panel = build_panel(
         picture.frames[frame],
         _fractions(fractions) or DEFAULT_FRACTIONS,

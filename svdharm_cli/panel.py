@@ -84,7 +84,8 @@ def build_panel(
     total = float(np.einsum("ijkl,ijkl->", comps, comps)) or 1.0
     names = component_names(n)
     tiles = [to_display(channels, window=window)]
-    labels = [("input", f"{channels.shape[2]}x{channels.shape[1]}, {channels.shape[0]} channel(s)")]
+    colour = "gray" if channels.shape[0] == 1 else f"{channels.shape[0]} channels"
+    labels = [("input", f"{channels.shape[2]}x{channels.shape[1]}, {colour}")]
     rows = []
     for i in range(n):
         energy = float(np.einsum("jkl,jkl->", comps[i], comps[i])) / total
