@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -132,6 +133,33 @@ SliceAxis = Annotated[
     int,
     typer.Option(min=0, max=2, help="Voxel axis NIfTI volumes are cut into slices along."),
 ]
+
+
+class MaskMode(str, Enum):
+    """Which pixels the statistics are taken over (METHOD.md section 3b)."""
+
+    NONE = "none"
+    AUTO = "auto"
+
+
+Mask = Annotated[
+    MaskMode,
+    typer.Option(
+        help="Statistics over every pixel (none, the paper's), or over the foreground with "
+        "empty border-connected background left out and written back unchanged (auto: "
+        "for framings that differ between sites, such as fundus surrounds or air around "
+        "a body). DICOM Pixel Padding is always left out.",
+        case_sensitive=False,
+    ),
+]
+MaskDir = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="Take masks from files mirroring the input tree (same relative path; PNG, TIFF, "
+        "NIfTI or DICOM; nonzero = foreground) instead.",
+        file_okay=False,
+    ),
+]
 In = Annotated[
     Path, typer.Argument(metavar="IN", help="Input image, or folder walked recursively.")
 ]
@@ -163,6 +191,8 @@ def fit_reference(
     slice_axis: SliceAxis = 2,
     include: Include = None,
     exclude: Exclude = None,
+    mask: Mask = MaskMode.NONE,
+    mask_dir: MaskDir = None,
     quiet: Quiet = False,
 ) -> None:
     """Fit a reference (per-band mean and std) from one image or a cohort.
@@ -184,6 +214,8 @@ def fit_reference(
             slice_axis=slice_axis,
             include=tuple(include or ()),
             exclude=tuple(exclude or ()),
+            mask=_mask_mode(mask, mask_dir),
+            mask_dir=mask_dir,
         )
     jobs.save_reference(reference, output)
     display.report_failures(problems)
@@ -216,6 +248,8 @@ def harmonize(
     include_hidden: IncludeHidden = False,
     per_slice: PerSlice = False,
     slice_axis: SliceAxis = 2,
+    mask: Mask = MaskMode.NONE,
+    mask_dir: MaskDir = None,
     report: Report = False,
 ) -> None:
     """Match every band's mean and std to the reference's (pooled over each volume)."""
@@ -241,6 +275,8 @@ def harmonize(
         include_hidden=include_hidden,
         per_slice=per_slice,
         slice_axis=slice_axis,
+        mask=_mask_mode(mask, mask_dir),
+        mask_dir=mask_dir,
     )
 
 
@@ -276,6 +312,8 @@ def augment(
     include_hidden: IncludeHidden = False,
     per_slice: PerSlice = False,
     slice_axis: SliceAxis = 2,
+    mask: Mask = MaskMode.NONE,
+    mask_dir: MaskDir = None,
     report: Report = False,
 ) -> None:
     """Write de-harmonized copies (random band coefficients) of every input; each copy of
@@ -310,6 +348,8 @@ def augment(
         include_hidden=include_hidden,
         per_slice=per_slice,
         slice_axis=slice_axis,
+        mask=_mask_mode(mask, mask_dir),
+        mask_dir=mask_dir,
     )
 
 
@@ -382,6 +422,17 @@ def report(
 
     target = write_report(log, output or log.with_suffix(".html"))
     display.print_line(f"report: {target}", quiet)
+
+
+def _mask_mode(mask: MaskMode, mask_dir: Optional[Path]) -> str:
+    """``none``, ``auto`` or ``dir``; ``--mask auto`` with ``--mask-dir`` is a usage error."""
+    if mask_dir is None:
+        return mask.value
+    if mask is MaskMode.AUTO:
+        raise typer.BadParameter("use either --mask auto or --mask-dir", param_hint="--mask")
+    if not mask_dir.is_dir():
+        raise typer.BadParameter(f"{mask_dir} is not a folder", param_hint="--mask-dir")
+    return "dir"
 
 
 def _run(

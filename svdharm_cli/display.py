@@ -87,6 +87,8 @@ def summary(run: RunSummary, quiet: bool) -> None:
     from svdharm_cli.worker import ALREADY_DONE
 
     report_failures(run.results)
+    for warning in run.warnings:
+        stderr().print(f"[yellow]warning:[/] {safe(warning)}")
     if run.interrupted is not None:
         name = signal.Signals(run.interrupted).name
         stderr().print(

@@ -44,6 +44,7 @@ from svdharm_cli.worker import (
     SKIPPED,
     FileResult,
     JobConfig,
+    unit_masks,
     volumes_of,
 )
 
@@ -73,6 +74,8 @@ class RunRequest:
     include_hidden: bool = False
     per_slice: bool = False
     slice_axis: int = 2
+    mask: str = "none"
+    mask_dir: Path | None = None
     argv: tuple[str, ...] = ()
 
 
@@ -89,6 +92,7 @@ class RunSummary:
     interrupted: int | None = None
     ignored: int = 0
     retried: int | None = None
+    warnings: tuple[str, ...] = ()
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -114,6 +118,8 @@ def unit_statistics(
     *,
     per_slice: bool = False,
     slice_axis: int = 2,
+    mask: str = "none",
+    mask_dir: Path | None = None,
 ) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], list[Source]]:
     """Per-image statistics ``(unit, means, stds)`` of one unit of work, and its sources.
 
@@ -125,10 +131,11 @@ def unit_statistics(
     if len(kinds) > 1:
         raise ImageError(f"{root / unit.files[0]}: the files of this series differ in kind")
     moments = []
-    for image in images:
+    masks = unit_masks(images, unit, root, mask, mask_dir, slice_axis)
+    for image, volume_mask in zip(images, masks):
         for f, frame in enumerate(image.frames):
-            mask = None if image.mask is None else image.mask[f]
-            moments.append(slice_moments(decompose_channels(frame, fractions, mask)))
+            plane = None if volume_mask is None else volume_mask[f]
+            moments.append(slice_moments(decompose_channels(frame, fractions, plane)))
     groups = [[i] for i in range(len(moments))] if per_slice else volumes_of(images)
     stats = []
     for group in groups:
@@ -151,6 +158,8 @@ def fit_reference(
     slice_axis: int = 2,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    mask: str = "none",
+    mask_dir: Path | None = None,
 ) -> tuple[Reference, list[FileResult], int]:
     """Fit a reference from image files and folders (walked like inputs); also return the
     problems and how many files no format takes were ignored.
@@ -177,7 +186,14 @@ def fit_reference(
         start = time.perf_counter()
         try:
             s, src = unit_statistics(
-                root, unit, fractions, max_pixels, per_slice=per_slice, slice_axis=slice_axis
+                root,
+                unit,
+                fractions,
+                max_pixels,
+                per_slice=per_slice,
+                slice_axis=slice_axis,
+                mask=mask,
+                mask_dir=mask_dir,
             )
         except (ImageError, SkipImage) as exc:
             status = SKIPPED if isinstance(exc, SkipImage) else FAILED
@@ -194,7 +210,8 @@ def fit_reference(
             on_result(FileResult(str(root / rel), OK, None, (), seconds, unit.volume))
     if not stats:
         raise UsageError("none of the reference images could be read", hint=problems[0].reason)
-    return Reference.fit(stats, fractions, sources), problems, ignored
+    reference = Reference.fit(stats, fractions, sources, mask=mask)
+    return reference, problems, ignored
 
 
 def save_reference(reference: Reference, path: Path) -> None:
@@ -243,6 +260,7 @@ def load_reference(
         "sha256": sha256_file(path),
         "fractions": list(reference.fractions),
         "entries": data["entries"],
+        "mask": reference.mask,
         "sources": data["sources"],
     }
     return reference, record
@@ -301,7 +319,10 @@ def run(
             label=f"svdharm {request.command}",
             per_slice=request.per_slice,
             slice_axis=request.slice_axis,
+            mask=request.mask,
+            mask_dir=request.mask_dir,
         )
+        warnings = _mask_warnings(reference, request)
         on_start(len(rels))
         with interruptible():
             outcome = run_units(units, config, request.workers, on_result)
@@ -342,6 +363,7 @@ def run(
                 "ignored": len(found.ignored),
             },
             "ignored": found.ignored,
+            "warnings": warnings,
             "volumes": [
                 {"volume": u.volume, "files": list(u.files)} for u in units if u.volume is not None
             ],
@@ -358,7 +380,18 @@ def run(
         interrupted=outcome.interrupted,
         ignored=len(found.ignored),
         retried=retried,
+        warnings=tuple(warnings),
     )
+
+
+def _mask_warnings(reference: Reference | None, request: RunRequest) -> list[str]:
+    """A warning when the reference's statistics were masked differently from this run's."""
+    if reference is None or reference.mask == request.mask:
+        return []
+    return [
+        f"the reference's statistics were taken with --mask {reference.mask} but this run "
+        f"uses --mask {request.mask}: their band statistics are not comparable"
+    ]
 
 
 def _already_done(result: FileResult) -> bool:
@@ -417,4 +450,6 @@ def _parameters(request: RunRequest, fractions: tuple[float, ...]) -> dict[str, 
         "max_pixels": request.max_pixels,
         "per_slice": request.per_slice,
         "slice_axis": request.slice_axis,
+        "mask": request.mask,
+        "mask_dir": None if request.mask_dir is None else str(request.mask_dir),
     }

@@ -11,6 +11,7 @@ volume counts as one image, with its slices pooled)::
       "tool_version": "0.2.0",
       "fractions": [0.07, 0.2, 0.5],
       "components": ["base", "band1", "band2", "band3"],
+      "mask": "none",
       "entries": [
         {"unit": "normalized", "channels": 1, "images": 12,
          "mean": [[...4 numbers...]], "std": [[...4 numbers...]]},
@@ -45,6 +46,8 @@ FORMAT_NAME = "svdharm-reference"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 UNITS = ("normalized", "HU", "raw")
+MASKS = ("none", "auto", "dir")
+"""How a reference's statistics were masked (DICOM padding is always left out)."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class Reference:
     entries: tuple[Entry, ...]
     sources: tuple[Source, ...] = ()
     tool_version: str = __version__
+    mask: str = "none"
 
     @property
     def n_components(self) -> int:
@@ -110,6 +114,7 @@ class Reference:
         stats: Sequence[tuple[str, np.ndarray, np.ndarray]],
         fractions: Sequence[float],
         sources: Sequence[Source] = (),
+        mask: str = "none",
     ) -> Reference:
         """Average per-image ``(unit, mean, std)`` statistics (``(channels, n_components)``
         arrays) within each (unit, channel count) group.
@@ -137,7 +142,7 @@ class Reference:
             )
             for (unit, channels), items in sorted(groups.items(), key=_entry_order)
         )
-        return cls(fr, entries, tuple(sources))
+        return cls(fr, entries, tuple(sources), mask=mask)
 
     def to_dict(self) -> dict[str, Any]:
         n = self.n_components
@@ -147,6 +152,7 @@ class Reference:
             "tool_version": self.tool_version,
             "fractions": list(self.fractions),
             "components": ["base"] + [f"band{i}" for i in range(1, n)],
+            "mask": self.mask,
             "entries": [
                 {
                     "unit": e.unit,
@@ -260,7 +266,10 @@ class Reference:
                 )
             )
         tool_version = data.get("tool_version", "unknown")
-        return cls(fractions, tuple(entries), tuple(sources), str(tool_version))
+        mask = data.get("mask", "none")
+        if mask not in MASKS:
+            raise bad("mask", f"must be one of {list(MASKS)}")
+        return cls(fractions, tuple(entries), tuple(sources), str(tool_version), mask)
 
 
 def _entry_order(item: tuple[tuple[str, int], Any]) -> tuple[int, int]:

@@ -38,6 +38,7 @@ def file_record(result: FileResult) -> dict[str, Any]:
         ],
         "seconds": round(result.seconds, 4),
         "volume": result.volume,
+        "foreground": result.foreground,
     }
 
 

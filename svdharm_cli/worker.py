@@ -88,6 +88,8 @@ class JobConfig:
     label: str = ""
     per_slice: bool = False
     slice_axis: int = 2
+    mask: str = "none"
+    mask_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class FileResult:
     outputs: tuple[OutputRecord, ...] = ()
     seconds: float = 0.0
     volume: str | None = None
+    foreground: float | None = None
 
 
 def process_file(rel: str, config: JobConfig) -> FileResult:
@@ -134,14 +137,16 @@ def process_unit(
         output_paths(rel, config.method is Method.HARMONIZE, config.copies) for rel in unit.files
     ]
 
+    foreground: list[float | None] = [None] * len(unit.files)
+
     def results(
         status: str, reason: str | None, outputs: Sequence[Sequence[OutputRecord]] = ()
     ) -> list[FileResult]:
         share = (time.perf_counter() - start) / len(unit.files)
         per_file = outputs or [()] * len(unit.files)
         done = [
-            FileResult(rel, status, reason, tuple(out), share, unit.volume)
-            for rel, out in zip(unit.files, per_file)
+            FileResult(rel, status, reason, tuple(out), share, unit.volume, fg)
+            for rel, out, fg in zip(unit.files, per_file, foreground)
         ]
         if report is not None and status != OK:
             report(done)
@@ -156,11 +161,17 @@ def process_unit(
                 _check_inside(config.out_root, config.out_root / out_rel)
         images = _read(unit, config)
         entry = _entry(config.reference, images[0].info, config.in_root / unit.files[0])
+        masks = unit_masks(
+            images, unit, config.in_root, config.mask, config.mask_dir, config.slice_axis
+        )
+        foreground[:] = [None if m is None else round(float(m.mean()), 6) for m in masks]
         # Copy-major order: the outputs of copy j are finals[j * files : (j + 1) * files].
         copies = len(planned[0])
         finals = [config.out_root / outs[j] for j in range(copies) for outs in planned]
         with staged(finals) as stage:
-            outputs = _transform_and_write(unit, config, images, entry, planned, threads, stage)
+            outputs = _transform_and_write(
+                unit, config, images, masks, entry, planned, threads, stage
+            )
             done = results(OK, None, outputs)
             with signals_deferred():
                 stage.commit()
@@ -219,6 +230,7 @@ def _transform_and_write(
     unit: Unit,
     config: JobConfig,
     images: list[Image],
+    masks: list[np.ndarray | None],
     entry: Entry | None,
     planned: list[list[str]],
     threads: int,
@@ -235,10 +247,16 @@ def _transform_and_write(
     coefficients = [_coefficients(config, s, channels) for s in seeds]
     reference = None if entry is None else (entry.mean, entry.std)
 
+    where = {id(image): k for k, image in enumerate(images)}
+
+    def mask_of(i: int) -> np.ndarray | None:
+        image, f = slices[i]
+        mask = masks[where[id(image)]]
+        return None if mask is None else mask[f]
+
     def decompose(i: int) -> list[Bands]:
         image, f = slices[i]
-        mask = None if image.mask is None else image.mask[f]
-        return decompose_channels(image.frames[f], config.fractions, mask)
+        return decompose_channels(image.frames[f], config.fractions, mask_of(i))
 
     cache: list[list[Bands] | None] = [None] * len(slices)
     stats: list[Moments | None] = [None] * len(slices)
@@ -268,20 +286,24 @@ def _transform_and_write(
             ]
             for _ in range(copies)
         ]
-        where = {id(image): k for k, image in enumerate(images)}
 
         def apply(i: int) -> None:
             bands = cache[i] or decompose(i)
             cache[i] = None
             image, f = slices[i]
+            inside = mask_of(i)
+            outside = None if inside is None else ~inside
             for j in range(copies):
-                news[j][where[id(image)]][f] = transform(
+                new = news[j][where[id(image)]]
+                new[f] = transform(
                     bands,
                     reference=reference,
                     coefficients=coefficients[j],
                     clip=False,
                     stats=stats[i],
                 )
+                if outside is not None:  # outside the mask: written back unchanged
+                    new[f][:, outside] = image.frames[f][:, outside]
 
         run(apply, range(len(slices)))
     outputs: list[list[OutputRecord]] = [[] for _ in unit.files]
@@ -301,6 +323,51 @@ def _transform_and_write(
                 OutputRecord(planned[k][j], seeds[j], _logged(coefficients[j], config.method))
             )
     return outputs
+
+
+def unit_masks(
+    images: list[Image],
+    unit: Unit,
+    root: Path,
+    mask: str = "none",
+    mask_dir: Path | None = None,
+    slice_axis: int = 2,
+) -> list[np.ndarray | None]:
+    """The statistics mask of each file of a unit, bool ``(f, h, w)`` or None (every pixel):
+    DICOM Pixel Padding, intersected with the automatic estimate (``mask="auto"``, one per
+    volume) or with the mask file of the same relative path under ``mask_dir``."""
+    from svdharm_cli.formats import read_mask
+    from svdharm_cli.masks import auto_mask
+
+    if mask == "auto":
+        estimate = auto_mask(np.concatenate([im.frames for im in images]))
+        sizes = np.cumsum([0] + [im.frame_count for im in images])
+        extra: list[np.ndarray | None] = [estimate[a:b] for a, b in zip(sizes, sizes[1:])]
+    elif mask == "dir":
+        assert mask_dir is not None, "mask 'dir' needs a mask folder"
+        extra = []
+        for rel, image in zip(unit.files, images):
+            path = mask_dir / rel
+            if not path.is_file():
+                raise ImageError(f"{root / rel}: no mask file {path} (--mask-dir mirrors IN)")
+            found = read_mask(path, slice_axis)
+            want = (image.frame_count, *image.frames.shape[2:])
+            if found.shape != want:
+                raise ImageError(
+                    f"{path}: a mask of {found.shape[0]} x {found.shape[1]}x{found.shape[2]} "
+                    f"does not fit {root / rel} ({want[0]} x {want[1]}x{want[2]}, "
+                    "slices x rows x columns)"
+                )
+            extra.append(found)
+    else:
+        extra = [None] * len(images)
+    out: list[np.ndarray | None] = []
+    for image, given in zip(images, extra):
+        if image.mask is None or given is None:
+            out.append(image.mask if given is None else given)
+        else:
+            out.append(image.mask & given)
+    return out
 
 
 def volumes_of(images: list[Image]) -> list[list[int]]:

@@ -324,3 +324,42 @@ def check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
             f"{path}: {width}x{height} pixels exceeds the limit of {max_pixels:,}",
             hint="raise --max-pixels if this image is genuine",
         )
+
+
+def read_mask(path: Path, slice_axis: int = 2) -> np.ndarray:
+    """A mask file as bool ``(f, h, w)``: True where the stored value is nonzero (in any
+    channel). PNG, JPEG, TIFF, NIfTI and DICOM; slices as :func:`read_image` cuts them."""
+    handler = handler_for(path)
+    if handler is None:
+        raise ImageError(f"{path}: a mask must be a PNG, TIFF, NIfTI or DICOM file")
+    if handler.name == "dicom":
+        import warnings
+
+        import pydicom
+        import pydicom.errors
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(path, force=True)
+                stored = np.asarray(ds.pixel_array)
+                frames = int(ds.get("NumberOfFrames", 1) or 1)
+                rows, cols = int(ds.Rows), int(ds.Columns)
+        except (
+            pydicom.errors.InvalidDicomError,
+            OSError,
+            EOFError,
+            ValueError,
+            TypeError,
+            KeyError,
+            AttributeError,
+            RuntimeError,
+            NotImplementedError,
+        ) as exc:
+            raise ImageError(f"{path}: cannot read the mask: {type(exc).__name__}") from exc
+        return np.asarray(stored.reshape(frames, rows, cols, -1).any(axis=3), dtype=bool)
+    image = handler.read(path, DEFAULT_MAX_PIXELS, no_check, slice_axis)
+    values = image.frames
+    if image.meta.get("photometric") == "MINISWHITE":
+        values = 1.0 - values
+    return np.asarray((values != 0).any(axis=1), dtype=bool)
