@@ -24,6 +24,9 @@ demo: install
 	$(SVDHARM) augment sample_images out/augmented --copies 3 --seed 42 --report
 	$(SVDHARM) augment sample_images/radiograph out/harmonized-augmented --copies 2 --seed 42 --reference out/radiograph-reference.json
 	$(SVDHARM) bands sample_images/fundus/site_b/fundus_b0.png -o out/fundus_b0_bands.png
+	# Masks: statistics over the fundus disc only, its black surround written back unchanged.
+	$(SVDHARM) fit-reference sample_images/fundus/site_a -o out/fundus-reference-masked.json --mask auto
+	$(SVDHARM) harmonize sample_images/fundus/site_b out/harmonized/fundus-masked --reference out/fundus-reference-masked.json --mask auto
 	# Volumes: a CT series (Hounsfield units, pooled over its 16 slices) and NIfTI MR heads.
 	$(SVDHARM) fit-reference sample_images/ct/site_a -o out/ct-reference.json
 	$(SVDHARM) harmonize sample_images/ct/site_b out/harmonized/ct --reference out/ct-reference.json --report
