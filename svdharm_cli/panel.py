@@ -61,12 +61,51 @@ def component_names(n_components: int) -> list[str]:
 
 
 def display_window(image: Image, frame: int = 0) -> tuple[float, float]:
-    """The values shown black and white: [0, 1] for normalized units, else the 1st and 99th
-    percentiles of the frame."""
-    if image.unit == NORMALIZED:
+    """The working-unit values shown black and white.
+
+    DICOM: the image's own VOI window (Window Center/Width, the first when there are
+    several, also from the enhanced functional groups), else the frame's 1st to 99th
+    percentile. MONOCHROME1 is already inverted in working units, so it shows as a viewer
+    shows it. Other normalized images: [0, 1]; Hounsfield units and raw NIfTI values
+    without a window: the 1st to 99th percentile.
+    """
+    if image.format == "dicom":
+        window = _voi_window(image.meta["dataset"])
+        if window is not None:
+            center, width = window
+            low, high = center - width / 2, center + width / 2
+            if image.unit != NORMALIZED:
+                return low, high
+            offset, scale = image.meta["scale"]
+            low, high = (low - offset) / scale, (high - offset) / scale
+            if str(image.meta["dataset"].PhotometricInterpretation) == "MONOCHROME1":
+                low, high = 1.0 - high, 1.0 - low
+            return low, high
+    elif image.unit == NORMALIZED:
         return 0.0, 1.0
     lo, hi = np.percentile(image.frames[frame], [1, 99])
     return float(lo), float(hi) if hi > lo else float(lo) + 1.0
+
+
+def _voi_window(ds: object) -> tuple[float, float] | None:
+    """The first Window Center/Width of a data set or its functional groups, if valid."""
+    places = [ds]
+    for group in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        items = getattr(ds, group, None) or []
+        if items:
+            places.extend(getattr(items[0], "FrameVOILUTSequence", None) or [])
+    for item in places:
+        center, width = getattr(item, "WindowCenter", None), getattr(item, "WindowWidth", None)
+        if center is None or width is None:
+            continue
+        try:
+            c = float(center[0] if isinstance(center, (list, tuple)) else center)
+            w = float(width[0] if isinstance(width, (list, tuple)) else width)
+        except (TypeError, ValueError, IndexError):
+            continue
+        if np.isfinite(c) and np.isfinite(w) and w > 0:
+            return c, w
+    return None
 
 
 def build_panel(
@@ -130,6 +169,16 @@ def to_uint8(display: np.ndarray) -> np.ndarray:
     return np.rint(display * 255).astype(np.uint8)
 
 
+def column_width(labels: Sequence[tuple[str, str]], tile_width: int) -> int:
+    """A column wide enough for its tile and both lines of every label (so labels never run
+    into the next column, even for 128-pixel images)."""
+    from PIL import ImageFont
+
+    font = ImageFont.load_default(size=13)
+    text = max(font.getlength(line) for label in labels for line in label)
+    return max(tile_width, 150, int(np.ceil(text)) + GAP)
+
+
 def tile_origin(index: int, tile_width: int) -> tuple[int, int]:
     """Top-left corner ``(x, y)`` of tile ``index`` in the rendered panel."""
     return MARGIN + index * (tile_width + GAP), MARGIN + LABEL_HEIGHT
@@ -150,7 +199,7 @@ def render(panel: Panel) -> np.ndarray:
             for t in tiles
         ]
         h, w = tiles[0].shape[:2]
-    tile_w = max(w, 150)
+    tile_w = column_width(panel.labels, w)
     width = 2 * MARGIN + len(tiles) * tile_w + (len(tiles) - 1) * GAP
     height = 2 * MARGIN + LABEL_HEIGHT + h
     canvas = PILImage.new("RGB", (width, height), BACKGROUND)

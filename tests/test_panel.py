@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from svdharm_cli.panel import GAP, LABEL_HEIGHT, MARGIN, band_gain, build_panel, render, tile_origin
+from svdharm_cli.panel import (
+    GAP,
+    LABEL_HEIGHT,
+    MARGIN,
+    band_gain,
+    build_panel,
+    column_width,
+    render,
+    tile_origin,
+)
 from tests import oracle
 from tests.conftest import svdharm
 from tests.images import save, textured
@@ -47,9 +56,11 @@ def test_rendered_layout_and_pixels() -> None:
     panel = build_panel(x)
     image = render(panel)
     h, w = 40, 160
-    assert image.shape == (2 * MARGIN + LABEL_HEIGHT + h, 2 * MARGIN + 5 * w + 4 * GAP, 3)
+    col = column_width(panel.labels, w)
+    assert col >= w
+    assert image.shape == (2 * MARGIN + LABEL_HEIGHT + h, 2 * MARGIN + 5 * col + 4 * GAP, 3)
     for k, tile in enumerate(panel.tiles):
-        x0, y0 = tile_origin(k, w)
+        x0, y0 = tile_origin(k, col)
         region = image[y0 : y0 + h, x0 : x0 + w]
         np.testing.assert_array_equal(region, np.rint(tile * 255).astype(np.uint8))
 
@@ -67,3 +78,32 @@ def test_bands_command_on_16bit_png_and_dicom(tmp_path: Path) -> None:
         with Image.open(out) as im:
             assert im.mode == "RGB" and im.width > 5 * 50
     assert svdharm("bands", tmp_path / "missing.png").code == 1
+
+
+def test_labels_do_not_overlap_on_small_images() -> None:
+    from PIL import ImageFont
+
+    font = ImageFont.load_default(size=13)
+    panel = build_panel(textured(128, 128, seed=8))
+    col = column_width(panel.labels, 128)
+    for title, subtitle in panel.labels:
+        assert font.getlength(title) + GAP <= col and font.getlength(subtitle) + GAP <= col
+    assert render(panel).shape[1] == 2 * MARGIN + 5 * col + 4 * GAP
+
+
+def test_dicom_ct_tile_has_real_contrast(tmp_path: Path) -> None:
+    """pydicom's signed CT_small.dcm shows through its own window, not as flat gray."""
+    from svdharm_cli.formats import read_image
+    from svdharm_cli.panel import display_window, to_display
+    from tests.dicom_files import installed_files
+
+    files = {p.name: p for p in installed_files()}
+    image = read_image(files["CT_small.dcm"])
+    tile = to_display(image.frames[0], window=display_window(image))
+    assert tile.std() > 0.2 and 0.05 < tile.mean() < 0.95
+    assert len(np.unique(np.rint(tile[..., 0] * 255))) > 100  # a gray scale, not flat
+    out = tmp_path / "ct.png"
+    assert svdharm("bands", files["CT_small.dcm"], "-o", out).code == 0
+    with Image.open(out) as im:
+        first = np.asarray(im)[MARGIN + LABEL_HEIGHT :, MARGIN : MARGIN + 128]
+    assert first.std() > 40
