@@ -406,6 +406,71 @@ def bands(
 
 @app.command()
 @_user_errors
+def compare(
+    groups: Annotated[
+        list[Path],
+        typer.Argument(metavar="GROUP", help="Folders, one per site or scanner (two or more)."),
+    ],
+    output: Annotated[
+        Optional[Path],
+        typer.Option("--output", "-o", help="HTML report to write.", show_default="none"),
+    ] = None,
+    json_path: Annotated[
+        Optional[Path],
+        typer.Option("--json", help="JSON result to write.", show_default="none"),
+    ] = None,
+    mask: Mask = MaskMode.NONE,
+    mask_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Mask files: one subfolder per group, named like the group, mirroring it.",
+            file_okay=False,
+        ),
+    ] = None,
+    fractions: BandFractions = None,
+    folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds (at most).")] = 5,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the folds and pixel samples.")] = 0,
+    max_pixels: MaxPixels = 100_000_000,
+    slice_axis: SliceAxis = 2,
+    quiet: Quiet = False,
+) -> None:
+    """Can a classifier still tell the groups apart? Separability and distances between
+    sites, to run on inputs and on harmonized outputs."""
+    import json
+
+    from svdharm_cli import display
+    from svdharm_cli.atomic import write_text
+    from svdharm_cli.bands import DEFAULT_FRACTIONS
+    from svdharm_cli.compare import compare as run_compare
+    from svdharm_cli.compare import render_html
+
+    with display.progress("comparing", quiet) as (_, on_result):
+        result = run_compare(
+            groups,
+            _fractions(fractions) or DEFAULT_FRACTIONS,
+            mask=_mask_mode(mask, mask_dir),
+            mask_dir=mask_dir,
+            folds=folds,
+            seed=seed,
+            max_pixels=max_pixels,
+            slice_axis=slice_axis,
+            on_result=on_result,
+        )
+    display.report_failures(result.problems)
+    if json_path is not None:
+        write_text(json_path, json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
+    if output is not None:
+        write_text(output, render_html(result))
+    display.comparison(result.to_dict(), quiet)
+    for target in (json_path, output):
+        if target is not None:
+            display.print_line(f"written: {target}", quiet)
+    if any(p.status == "failed" for p in result.problems):
+        raise typer.Exit(1)
+
+
+@app.command()
+@_user_errors
 def report(
     log: Annotated[Path, typer.Argument(metavar="LOG", help="A run's JSON log.")],
     output: Annotated[

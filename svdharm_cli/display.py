@@ -151,3 +151,24 @@ def band_table(image: object, rows: list, quiet: bool) -> None:
 def print_line(text: str, quiet: bool) -> None:
     if not quiet:
         stdout().print(safe(text))
+
+
+def comparison(data: dict, quiet: bool) -> None:
+    """The groups, the separability against chance and the distances, as a few lines."""
+    if quiet:
+        return
+    out = stdout()
+    groups = ", ".join(f"{g['name']} ({plural(g['count'], 'image')})" for g in data["groups"])
+    out.print(safe(f"groups: {groups}"))
+    sep = data["separability"]
+    if sep["accuracy"] is None:
+        out.print(safe(f"separability: not measured ({sep.get('reason', '')})"))
+    else:
+        out.print(
+            f"separability: {sep['accuracy']:.3f} cross-validated accuracy "
+            f"({sep['folds']} folds; chance {sep['chance']:.3f})"
+        )
+    for w in data["wasserstein"]:
+        out.print(
+            safe(f"wasserstein {w['a']} - {w['b']}: {w['distance']:.4g} {data['unit']} units")
+        )

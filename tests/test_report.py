@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests.browser import CHROMIUM, decoded_images
 from tests.conftest import only_log, svdharm
 from tests.images import save, textured
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
@@ -69,43 +64,7 @@ def test_report_of_a_large_run_stays_bounded(tmp_path: Path) -> None:
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
 def test_report_opens_in_headless_browser_without_network(reported_run) -> None:
     html_path, log, html = reported_run
-    # A copy with a probe script that records, after load, how many images decoded.
-    probe = (
-        "<script>window.addEventListener('load', () => {"
-        "const imgs = [...document.images];"
-        "document.body.dataset.decoded = imgs.filter(i => i.complete && i.naturalWidth > 0).length;"
-        "document.body.dataset.images = imgs.length;"
-        "document.body.dataset.ok = document.getElementById('count-ok').textContent;"
-        "});</script>"
-    )
-    page = html.replace("default-src 'none';", "default-src 'none'; script-src 'unsafe-inline';")
-    page = page.replace("</body>", probe + "</body>")
-    with tempfile.TemporaryDirectory() as profile:
-        probe_path = Path(profile) / "probe.html"
-        probe_path.write_text(page)
-        cmd = [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--host-resolver-rules=MAP * ~NOTFOUND",
-            "--proxy-server=127.0.0.1:9",
-            f"--user-data-dir={profile}/user",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            probe_path.as_uri(),
-        ]
-        dom = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": profile}
-        ).stdout
-    decoded = re.search(r'data-decoded="(\d+)"', dom)
-    total = re.search(r'data-images="(\d+)"', dom)
-    assert decoded and total, dom[-2000:]
-    assert int(total.group(1)) == len(re.findall(r"<img ", html)) > 0
-    assert decoded.group(1) == total.group(1)
-    assert re.search(r'data-ok="(\d+)"', dom).group(1) == str(log["counts"]["ok"])
+    decoded, total, ok = decoded_images(html, "count-ok")
+    assert total == len(re.findall(r"<img ", html)) > 0
+    assert decoded == total
+    assert ok == str(log["counts"]["ok"])
