@@ -27,6 +27,9 @@ demo: install
 	# Masks: statistics over the fundus disc only, its black surround written back unchanged.
 	$(SVDHARM) fit-reference sample_images/fundus/site_a -o out/fundus-reference-masked.json --mask auto
 	$(SVDHARM) harmonize sample_images/fundus/site_b out/harmonized/fundus-masked --reference out/fundus-reference-masked.json --mask auto
+	# Evidence: can a classifier tell the sites apart, before and after?
+	$(SVDHARM) compare sample_images/fundus/site_a sample_images/fundus/site_b --mask auto -o out/compare-fundus-before.html --json out/compare-fundus-before.json
+	$(SVDHARM) compare sample_images/fundus/site_a out/harmonized/fundus-masked --mask auto -o out/compare-fundus-after.html --json out/compare-fundus-after.json
 	# Volumes: a CT series (Hounsfield units, pooled over its 16 slices) and NIfTI MR heads.
 	$(SVDHARM) fit-reference sample_images/ct/site_a -o out/ct-reference.json
 	$(SVDHARM) harmonize sample_images/ct/site_b out/harmonized/ct --reference out/ct-reference.json --report
@@ -56,6 +59,8 @@ screenshots: demo
 	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --disable-background-networking \
 	  --window-size=1200,2400 --screenshot=docs/report-demo.png \
 	  "file://$(CURDIR)/$$(ls out/harmonized/radiograph/*.html | head -1)"
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --disable-background-networking \
+	  --window-size=1100,1500 --screenshot=docs/compare-demo.png "file://$(CURDIR)/out/compare-fundus-after.html"
 
 clean:
 	rm -rf out $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
