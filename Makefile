@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.svdharm-installed
 SVDHARM := $(BIN)/svdharm
 
-.PHONY: install demo test lint bench samples screenshots clean
+.PHONY: install demo test lint bench evaluate samples screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ lint: install
 # Speed and memory against a researcher's baseline, as ratios in one run (not tests).
 bench: install
 	$(BIN)/python bench/run.py
+
+# Fidelity of harmonization on images that ship with packages, under simulated site shifts.
+evaluate: install
+	$(BIN)/python bench/fidelity.py
 
 samples: install
 	$(BIN)/python scripts/make_sample_images.py

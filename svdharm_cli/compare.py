@@ -227,6 +227,46 @@ def _sample(
         return SKIPPED, exc.message
     except ImageError as exc:
         return FAILED, exc.message
+    return sample_from_moments(
+        group,
+        str(root / unit.files[0]) if unit.volume is None else f"{root}/{unit.volume}",
+        images[0].unit,
+        moments,
+        values,
+        rng,
+    )
+
+
+def sample_from_arrays(
+    group: int,
+    path: str,
+    unit: str,
+    frames: np.ndarray,
+    masks: np.ndarray | None,
+    fractions: Sequence[float],
+    rng: np.random.Generator,
+) -> Sample:
+    """The features of a volume given as arrays: ``frames`` ``(f, c, h, w)`` and optional
+    bool ``masks`` ``(f, h, w)`` (for benchmarks that build their images in memory)."""
+    moments = []
+    values: list[list[np.ndarray]] = [[] for _ in range(frames.shape[1])]
+    for f, frame in enumerate(frames):
+        plane = None if masks is None else masks[f]
+        moments.append(slice_moments(decompose_channels(frame, fractions, plane)))
+        for c, channel in enumerate(frame):
+            values[c].append(channel[plane] if plane is not None else channel.ravel())
+    return sample_from_moments(group, path, unit, moments, values, rng)
+
+
+def sample_from_moments(
+    group: int,
+    path: str,
+    unit: str,
+    moments: Sequence[Any],
+    values: list[list[np.ndarray]],
+    rng: np.random.Generator,
+) -> Sample:
+    """A sample from its slices' moments and each channel's (masked) pixel values."""
     pooled = pool(moments)
     percentiles, pixels = [], []
     for per_channel in values:
@@ -237,9 +277,9 @@ def _sample(
         pixels.append(_subsample(flat, PIXEL_SAMPLE, rng))
     return Sample(
         group=group,
-        path=str(root / unit.files[0]) if unit.volume is None else f"{root}/{unit.volume}",
-        unit=images[0].unit,
-        channels=images[0].channel_count,
+        path=path,
+        unit=unit,
+        channels=len(values),
         means=pooled.means,
         stds=pooled.stds,
         percentiles=np.asarray(percentiles),
