@@ -1,10 +1,11 @@
 """Generate sample_images/: synthetic fundus-like and radiograph-like images from two sites.
 
 Site A is bright, sharp and clean; site B is darker, flatter, blurred and noisy, as if from
-another scanner. Volumes too: a CT series per site (16 slice files in Hounsfield units; site A
-stores them signed, site B unsigned with intercept -1024 and reads 60 HU high with more noise)
-and an MR head per site as NIfTI (int16, site B scaled by 1.7 and blurred). Everything is drawn from fixed seeds, so rerunning this script reproduces
-the committed files. Run: python scripts/make_sample_images.py [OUTDIR]
+another scanner. Volumes too: a CT series per site (16 slice files in Hounsfield units; site
+A stores them signed, site B unsigned with intercept -1024 and reads 60 HU high with more
+noise) and an MR head per site as NIfTI (int16, site B scaled by 1.7 and blurred).
+Everything is drawn from fixed seeds, so rerunning this script reproduces the committed
+files. Run: python scripts/make_sample_images.py [OUTDIR]
 """
 
 from __future__ import annotations

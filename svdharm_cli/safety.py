@@ -98,13 +98,13 @@ def signals_deferred() -> Iterator[None]:
     handler of :func:`interruptible` records the signal instead of raising (the parent,
     where another thread may receive it), raising :class:`Interrupted` at the end.
     """
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     _DEFERRAL["depth"] += 1
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
         yield
     finally:
-        _DEFERRAL["depth"] -= 1
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        _DEFERRAL["depth"] -= 1
         pending = _DEFERRAL["pending"]
         if pending and not _DEFERRAL["depth"]:
             _DEFERRAL["pending"] = 0
@@ -145,14 +145,14 @@ def sweep_temporaries(out: Path) -> int:
 def signals_deferred_quietly() -> Iterator[None]:
     """Hold SIGINT and SIGTERM back during clean-up after a stop; a second signal then
     neither breaks the clean-up nor raises again (the run is already stopping)."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     _DEFERRAL["depth"] += 1
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
         yield
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         _DEFERRAL["depth"] -= 1
         _DEFERRAL["pending"] = 0
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def quiet_libraries() -> None:

@@ -149,7 +149,8 @@ def process_unit(
             for rel, out, fg in zip(unit.files, per_file, foreground)
         ]
         if report is not None and status != OK:
-            report(done)
+            with signals_deferred():  # never die holding the result queue's lock
+                report(done)
         return done
 
     first = config.in_root / unit.files[0]

@@ -129,11 +129,13 @@ def test_every_output_after_a_stop_is_logged(tmp_path: Path) -> None:
             time.sleep(0.01)
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=120) == 130
+        code = proc.wait(timeout=120)
         log = only_log(out)
         logged = {o["path"] for r in log["files"] if r["status"] == "ok" for o in r["outputs"]}
-        assert set(_tree_bytes(out)) == logged, k
+        on_disk = set(_tree_bytes(out))
+        assert on_disk == logged, (k, sorted(on_disk ^ logged)[:10], log["counts"])
         assert log["counts"]["ok"] + log["counts"]["not_processed"] == 240
+        assert code == 130 or (code == 0 and log["status"] == "completed"), (k, code)
 
 
 def test_second_run_into_same_output_is_refused(tmp_path: Path) -> None:
