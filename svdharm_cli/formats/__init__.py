@@ -17,12 +17,14 @@ Units
   such data has no nominal range, so nothing is saturated.
 
 Readers call ``check`` with an :class:`ImageInfo` taken from the header before any pixel is
-decoded, so that a file that cannot match the reference is refused at once.
+decoded, so that a file that cannot match the reference is refused at once. Library warnings
+raised while reading are silenced here, in one place: they may quote header values.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,7 +272,9 @@ def read_image(
     handler = handler_for(path)
     if handler is None:
         raise ImageError(f"{path}: not a PNG, JPEG, TIFF, NIfTI or DICOM file")
-    return handler.read(path, max_pixels, check, slice_axis)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # library warnings may quote header values
+        return handler.read(path, max_pixels, check, slice_axis)
 
 
 def handler_named(name: str) -> FormatHandler:
@@ -333,8 +337,6 @@ def read_mask(path: Path, slice_axis: int = 2) -> np.ndarray:
     if handler is None:
         raise ImageError(f"{path}: a mask must be a PNG, TIFF, NIfTI or DICOM file")
     if handler.name == "dicom":
-        import warnings
-
         import pydicom
         import pydicom.errors
 
@@ -358,7 +360,9 @@ def read_mask(path: Path, slice_axis: int = 2) -> np.ndarray:
         ) as exc:
             raise ImageError(f"{path}: cannot read the mask: {type(exc).__name__}") from exc
         return np.asarray(stored.reshape(frames, rows, cols, -1).any(axis=3), dtype=bool)
-    image = handler.read(path, DEFAULT_MAX_PIXELS, no_check, slice_axis)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image = handler.read(path, DEFAULT_MAX_PIXELS, no_check, slice_axis)
     values = image.frames
     if image.meta.get("photometric") == "MINISWHITE":
         values = 1.0 - values

@@ -129,11 +129,6 @@ class _Dicom:
         check: Check = no_check,
         slice_axis: int = 2,
     ) -> Image:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # library warnings may quote header values
-            return self._read(path, max_pixels, check, slice_axis)
-
-    def _read(self, path: Path, max_pixels: int, check: Check, slice_axis: int) -> Image:
         ds = _dataset(path)
         rows, cols, frames, samples = _geometry(path, ds)
         check_pixels(path, cols, rows * frames, max_pixels)

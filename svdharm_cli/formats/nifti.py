@@ -21,7 +21,6 @@ the dtype's range (the saturation step). A ``.nii.gz`` input gives a gzip output
 from __future__ import annotations
 
 import gzip
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,11 +58,6 @@ class _Nifti:
         check: Check = no_check,
         slice_axis: int = 2,
     ) -> Image:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # library warnings may quote header values
-            return self._read(path, max_pixels, check, slice_axis)
-
-    def _read(self, path: Path, max_pixels: int, check: Check, slice_axis: int) -> Image:
         import nibabel as nib
         from nibabel.filebasedimages import ImageFileError
 

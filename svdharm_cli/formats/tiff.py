@@ -16,7 +16,6 @@ photometric layouts.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,11 +56,6 @@ class _Tiff:
         check: Check = no_check,
         slice_axis: int = 2,
     ) -> Image:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # library warnings may quote header values
-            return self._read(path, max_pixels, check, slice_axis)
-
-    def _read(self, path: Path, max_pixels: int, check: Check, slice_axis: int) -> Image:
         import tifffile
 
         try:
