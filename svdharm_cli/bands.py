@@ -227,7 +227,7 @@ def decompose(
     Parameters
     ----------
     channel
-        2-D array of any real dtype, in normalized units (METHOD.md section 1); it is
+        2-D array of any real dtype, in its working unit (METHOD.md section 1); it is
         converted to float64 and never modified.
     fractions
         Increasing fractions in (0, 1); n fractions give n + 1 components.
