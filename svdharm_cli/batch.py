@@ -26,7 +26,6 @@ from svdharm_cli.safety import (
     ignore_signals_in_worker,
     quiet_libraries,
     signals_deferred,
-    signals_deferred_quietly,
 )
 from svdharm_cli.worker import FileResult, JobConfig, process_unit
 
@@ -166,7 +165,7 @@ def _execute(
                 future.result()  # a worker's bug surfaces here with its traceback
         drain()
     except BaseException:
-        with signals_deferred_quietly():
+        with signals_deferred(drop=True):
             _terminate(pool, drain)
         raise
     finally:

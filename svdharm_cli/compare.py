@@ -31,7 +31,7 @@ import io
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ import numpy as np
 from svdharm_cli import __version__
 from svdharm_cli.errors import ImageError, SkipImage, UsageError
 from svdharm_cli.formats import read_image
-from svdharm_cli.methods import decompose_channels, pool, slice_moments
+from svdharm_cli.methods import Moments, decompose_channels, pool, slice_moments
 from svdharm_cli.plan import Unit, discover, plan_units
 from svdharm_cli.reference import describe_kind
 from svdharm_cli.worker import FAILED, OK, SKIPPED, FileResult, unit_masks
@@ -215,14 +215,15 @@ def _sample(
         if len({(im.unit, im.channel_count) for im in images}) > 1:
             raise ImageError(f"{root / unit.files[0]}: the files of this series differ in kind")
         masks = unit_masks(images, unit, root, mask, mask_dir, slice_axis)
-        moments = []
-        values: list[list[np.ndarray]] = [[] for _ in range(images[0].channel_count)]
-        for image, volume_mask in zip(images, masks):
-            for f, frame in enumerate(image.frames):
-                plane = None if volume_mask is None else volume_mask[f]
-                moments.append(slice_moments(decompose_channels(frame, fractions, plane)))
-                for c, channel in enumerate(frame):
-                    values[c].append(channel[plane] if plane is not None else channel.ravel())
+        moments, values = _slices(
+            (
+                (frame, None if volume_mask is None else volume_mask[f])
+                for image, volume_mask in zip(images, masks)
+                for f, frame in enumerate(image.frames)
+            ),
+            fractions,
+            images[0].channel_count,
+        )
     except SkipImage as exc:
         return SKIPPED, exc.message
     except ImageError as exc:
@@ -248,21 +249,34 @@ def sample_from_arrays(
 ) -> Sample:
     """The features of a volume given as arrays: ``frames`` ``(f, c, h, w)`` and optional
     bool ``masks`` ``(f, h, w)`` (for benchmarks that build their images in memory)."""
+    moments, values = _slices(
+        ((frame, None if masks is None else masks[f]) for f, frame in enumerate(frames)),
+        fractions,
+        frames.shape[1],
+    )
+    return sample_from_moments(group, path, unit, moments, values, rng)
+
+
+def _slices(
+    slices: Iterable[tuple[np.ndarray, np.ndarray | None]],
+    fractions: Sequence[float],
+    channels: int,
+) -> tuple[list[Moments], list[list[np.ndarray]]]:
+    """Each slice's moments, and each channel's pixel values inside the slice's mask."""
     moments = []
-    values: list[list[np.ndarray]] = [[] for _ in range(frames.shape[1])]
-    for f, frame in enumerate(frames):
-        plane = None if masks is None else masks[f]
+    values: list[list[np.ndarray]] = [[] for _ in range(channels)]
+    for frame, plane in slices:
         moments.append(slice_moments(decompose_channels(frame, fractions, plane)))
         for c, channel in enumerate(frame):
             values[c].append(channel[plane] if plane is not None else channel.ravel())
-    return sample_from_moments(group, path, unit, moments, values, rng)
+    return moments, values
 
 
 def sample_from_moments(
     group: int,
     path: str,
     unit: str,
-    moments: Sequence[Any],
+    moments: Sequence[Moments],
     values: list[list[np.ndarray]],
     rng: np.random.Generator,
 ) -> Sample:

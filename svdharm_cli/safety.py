@@ -90,13 +90,15 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
 
 
 @contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
+def signals_deferred(*, drop: bool = False) -> Iterator[None]:
     """Within the block SIGINT and SIGTERM take no effect; they act when it ends.
 
     Two mechanisms, for the two kinds of process: the signals are blocked for this thread
     (a worker, whose SIGTERM keeps its default action, dies only after the block), and the
     handler of :func:`interruptible` records the signal instead of raising (the parent,
-    where another thread may receive it), raising :class:`Interrupted` at the end.
+    where another thread may receive it), raising :class:`Interrupted` at the end. With
+    ``drop`` a signal that arrived is forgotten instead: for the clean-up after a stop,
+    which a second signal must neither break nor restart.
     """
     _DEFERRAL["depth"] += 1
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
@@ -106,7 +108,9 @@ def signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         _DEFERRAL["depth"] -= 1
         pending = _DEFERRAL["pending"]
-        if pending and not _DEFERRAL["depth"]:
+        if drop:
+            _DEFERRAL["pending"] = 0
+        elif pending and not _DEFERRAL["depth"]:
             _DEFERRAL["pending"] = 0
             raise Interrupted(pending)
 
@@ -139,20 +143,6 @@ def sweep_temporaries(out: Path) -> int:
                     os.unlink(os.path.join(dirpath, name))
                     removed += 1
     return removed
-
-
-@contextlib.contextmanager
-def signals_deferred_quietly() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back during clean-up after a stop; a second signal then
-    neither breaks the clean-up nor raises again (the run is already stopping)."""
-    _DEFERRAL["depth"] += 1
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-        _DEFERRAL["depth"] -= 1
-        _DEFERRAL["pending"] = 0
 
 
 def quiet_libraries() -> None:
