@@ -10,7 +10,7 @@ SVDHARM := $(BIN)/svdharm
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,lint,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[test,lint,bench,dask]'
 	touch $(STAMP)
 
 install: $(STAMP)

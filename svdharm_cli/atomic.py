@@ -26,6 +26,12 @@ def temp_name(final: Path) -> Path:
     return final.with_name(f".{final.name}.{os.getpid()}-{next(_COUNTER)}{TEMP_MARKER}")
 
 
+def forget_folders() -> None:
+    """Forget which folders :func:`make_folder` made (a long-lived cluster worker runs
+    task after task, and a folder may have been removed in between)."""
+    _MADE.clear()
+
+
 def make_folder(folder: Path) -> None:
     """``folder.mkdir(parents=True, exist_ok=True)``, once per folder and process."""
     if folder not in _MADE:

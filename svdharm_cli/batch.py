@@ -1,33 +1,88 @@
-"""Run units of work in worker processes and collect their per-file outcomes.
+"""Where tasks run: the executor seam, and the local process pool behind it.
 
-The worker function is :func:`svdharm_cli.worker.process_unit`; this module only decides
-where and when it runs. ``workers`` processes (spawned, so no lock inherited from the
-parent's threads) are fed one unit per task, or chunks of small files (sized by bytes, up
-to 64 units), and report each unit's results through a queue as soon as it is done. Each
-task is told how many threads to use: one while every worker is busy (two processes each
-letting BLAS use every core oversubscribe the machine badly), and the spare cores' share
-once fewer units than workers remain (a volume then spreads its slices over them).
+A command's work is a list of *items* (units of work, :class:`~svdharm_cli.plan.Unit`, or
+a unit with its root) and one picklable :class:`Task` that turns an item into a *payload*
+(for harmonize and augment, the unit's list of :class:`~svdharm_cli.worker.FileResult`).
+An :class:`Executor` runs the task on every item and hands each payload to ``accept`` in
+this process as it arrives; it never knows what the task does. Two implementations:
+
+- :class:`LocalPool` (the default): ``workers`` processes on this machine (spawned, so no
+  lock is inherited from the parent's threads), or this process alone for one worker;
+- :class:`~svdharm_cli.cluster.DaskExecutor`: the workers of a Dask cluster
+  (``--scheduler``), in :mod:`svdharm_cli.cluster`.
+
+Small items travel in chunks (sized by bytes, :func:`take_chunk`); each task is told how
+many threads to use. :func:`run_tasks` turns SIGINT/SIGTERM into a clean end: nothing more
+is dispatched, what finished is collected, and the signal is returned.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
+from svdharm_cli.errors import UsageError
 from svdharm_cli.plan import Unit
 from svdharm_cli.safety import (
     Interrupted,
     ignore_signals_in_worker,
+    interruptible,
     quiet_libraries,
     signals_deferred,
 )
-from svdharm_cli.worker import FileResult, JobConfig, process_unit
+from svdharm_cli.worker import FAILED, FileResult, JobConfig, Stop, process_unit
+
+Accept = Callable[[Any], None]
+
+
+class Sized(Protocol):
+    """An item of work: its files' total size in bytes decides how items are chunked."""
+
+    @property
+    def size(self) -> int: ...
+
+
+class Task(Protocol):
+    """What runs on a worker: picklable, the same object for every item of one run."""
+
+    def __call__(self, item: Any, threads: int, report: Accept, stop: Stop | None = None) -> None:
+        """Process ``item`` with ``threads`` threads, passing its payload to ``report``
+        once it is final; report nothing when ``stop`` says the run is over."""
+
+    def lost(self, item: Any, reason: str) -> Any:
+        """The payload of an item whose worker died every time it was tried."""
+
+
+class Executor(Protocol):
+    """Runs a task on items; :class:`LocalPool` and the Dask executor implement it.
+
+    ``remote`` executors run on other machines: paths they are given must be absolute
+    (their working folder is not the client's).
+    """
+
+    remote: bool
+    warnings: list[str]
+
+    def check(self, readable: Sequence[Path], writable: Sequence[Path]) -> None:
+        """Refuse with a :class:`~svdharm_cli.errors.UsageError` unless the workers can
+        read ``readable`` and write into ``writable`` (folders, at these paths)."""
+
+    def execute(self, task: Task, items: Sequence[Sized], accept: Accept) -> None:
+        """Run ``task`` on every item, calling ``accept`` here with each payload as it
+        arrives. On SIGINT/SIGTERM (:class:`Interrupted` or KeyboardInterrupt) it stops
+        dispatching, makes sure no task is left running, accepts the payloads of those that
+        finished, and re-raises."""
+
+    def describe(self) -> dict[str, Any]:
+        """What ran the tasks, for the run log (kind, address, worker count)."""
 
 
 def available_cpus() -> int:
@@ -38,54 +93,44 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-# -- the pool ----------------------------------------------------------------------------
-
 MAX_CHUNK = 64
 CHUNK_BYTES = 256 * 1024
-"""Units whose files add up to less than this travel together in one task (small files);
-a larger unit is a task of its own."""
-_WORKER: dict[str, Any] = {}
-_BLAS: dict[str, Any] = {}
+"""Items whose files add up to less than this travel together in one task (small files);
+a larger item is a task of its own."""
 
 
-def _init_worker(config: JobConfig, results: Any) -> None:
-    ignore_signals_in_worker()
-    quiet_libraries()
-    _WORKER.update(config=config, results=results)
-
-
-def _set_blas_threads(n: int) -> None:
-    """Limit BLAS threads in this process, changing the limit only when it differs."""
-    if _BLAS.get("threads") == n:
-        return
-    from threadpoolctl import ThreadpoolController
-
-    controller = _BLAS.setdefault("controller", ThreadpoolController())
-    controller.limit(limits=n, user_api="blas")
-    _BLAS["threads"] = n
-
-
-def _worker_task(units: list[Unit], threads: int) -> int:
-    """Process ``units``; each one's results go to the parent through the result queue
-    the moment they are final (not when the whole task ends)."""
-    _set_blas_threads(threads)
-    for unit in units:
-        process_unit(unit, _WORKER["config"], threads, _WORKER["results"].put)
-    return len(units)
-
-
-def take_chunk(pending: list[Unit], workers: int) -> list[Unit]:
-    """Pop the next task's units from the end of ``pending``: one unit, or several small
-    ones (up to :data:`CHUNK_BYTES` and 64 units, and no more than an eighth of each
-    worker's share while many remain), since dispatching a task costs about as much as
+def take_chunk(pending: list[Any], slots: int) -> list[Any]:
+    """Pop the next task's items from the end of ``pending``: one item, or several small
+    ones (up to :data:`CHUNK_BYTES` and 64 items, and no more than an eighth of each
+    slot's share while many remain), since dispatching a task costs about as much as
     processing a small image."""
-    limit = max(1, min(MAX_CHUNK, len(pending) // (workers * 8)))
+    limit = max(1, min(MAX_CHUNK, len(pending) // (slots * 8)))
     chunk = [pending.pop()]
     total = chunk[0].size
     while pending and len(chunk) < limit and total + pending[-1].size <= CHUNK_BYTES:
         total += pending[-1].size
         chunk.append(pending.pop())
     return chunk
+
+
+# -- what harmonize and augment run ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcessUnits:
+    """The task of harmonize and augment: :func:`~svdharm_cli.worker.process_unit`; the
+    payload is the unit's list of FileResults."""
+
+    config: JobConfig
+
+    def __call__(self, item: Unit, threads: int, report: Accept, stop: Stop | None = None) -> None:
+        process_unit(item, self.config, threads, report, stop)
+
+    def lost(self, item: Unit, reason: str) -> list[FileResult]:
+        where = self.config.in_root / item.files[0]
+        return [
+            FileResult(rel, FAILED, f"{where}: {reason}", volume=item.volume) for rel in item.files
+        ]
 
 
 @dataclass(frozen=True)
@@ -96,19 +141,32 @@ class BatchOutcome:
     interrupted: int | None = None
 
 
+def run_tasks(executor: Executor, task: Task, items: Sequence[Sized], accept: Accept) -> int | None:
+    """Run ``task`` on ``items``; return the signal that stopped the run early, or None.
+
+    SIGINT and SIGTERM are caught for the duration (:func:`interruptible`); the executor
+    has made sure that no task is still running when this returns.
+    """
+    try:
+        with interruptible():
+            executor.execute(task, items, accept)
+    except Interrupted as exc:
+        return exc.signum
+    except KeyboardInterrupt:
+        return signal.SIGINT
+    return None
+
+
 def run_units(
+    executor: Executor,
     units: Sequence[Unit],
     config: JobConfig,
-    workers: int,
     on_result: Callable[[FileResult], None] = lambda r: None,
 ) -> BatchOutcome:
-    """Process ``units``, calling ``on_result`` in this process as each file finishes.
+    """Process ``units``, calling ``on_result`` here as each file finishes; return the
+    files that finished, in input order, and the signal that stopped the run, if any.
 
-    With one worker, or one unit, everything runs in this process. When SIGINT or SIGTERM
-    arrives (as :class:`Interrupted` or KeyboardInterrupt) nothing more is dispatched, the
-    workers are ended, the results they reported before ending are collected, and the
-    files finished so far are returned (in input order). Workers report a unit only after
-    its outputs are in place, and hold signals back in between, so every output on disk
+    Workers report a unit only after its outputs are in place, so every output on disk
     after a stop is among the results.
     """
     results: dict[str, FileResult] = {}
@@ -118,58 +176,118 @@ def run_units(
             results[res.path] = res
             on_result(res)
 
-    interrupted = None
-    try:
-        _execute(units, config, workers, accept)
-    except Interrupted as exc:
-        interrupted = exc.signum
-    except KeyboardInterrupt:
-        interrupted = signal.SIGINT
+    interrupted = run_tasks(executor, ProcessUnits(config), units, accept)
     order = sorted(rel for unit in units for rel in unit.files)
     return BatchOutcome([results[r] for r in order if r in results], interrupted)
 
 
-def _execute(
-    units: Sequence[Unit],
-    config: JobConfig,
-    workers: int,
-    accept: Callable[[list[FileResult]], None],
-) -> None:
-    cpus = available_cpus()
-    workers = max(1, min(workers, len(units)))
-    if workers == 1:
-        # One unit at a time in this process; a volume's slices share the machine's cores.
-        for unit in units:
-            process_unit(unit, config, cpus, accept)
+# -- the local pool ----------------------------------------------------------------------
+
+_WORKER: dict[str, Any] = {}
+_BLAS: dict[str, Any] = {}
+
+
+def set_blas_threads(n: int) -> None:
+    """Limit BLAS threads in this process, changing the limit only when it differs."""
+    if _BLAS.get("threads") == n:
         return
-    context = multiprocessing.get_context("spawn")
-    queue = context.SimpleQueue()
-    pool = ProcessPoolExecutor(workers, context, _init_worker, (config, queue))
+    from threadpoolctl import ThreadpoolController
 
-    def drain() -> None:
-        while not queue.empty():
-            with signals_deferred():  # taken from the queue means recorded
-                accept(queue.get())
+    controller = _BLAS.setdefault("controller", ThreadpoolController())
+    controller.limit(limits=n, user_api="blas")
+    _BLAS["threads"] = n
 
-    try:
-        pending = list(reversed(units))
-        running: set[Future[int]] = set()
-        while pending or running:
-            while pending and len(running) < workers:
-                busy = min(workers, len(pending) + len(running))
-                chunk = take_chunk(pending, workers)
-                running.add(pool.submit(_worker_task, chunk, max(1, cpus // busy)))
-            done, running = wait(running, timeout=0.05, return_when=FIRST_COMPLETED)
+
+def _init_worker(task: Task, results: Any) -> None:
+    ignore_signals_in_worker()
+    quiet_libraries()
+    _WORKER.update(task=task, results=results)
+
+
+def _worker_task(items: list[Any], threads: int) -> int:
+    """Run the task on ``items``; each payload goes to the parent through the result
+    queue the moment it is final (not when the whole chunk ends)."""
+    set_blas_threads(threads)
+    for item in items:
+        _WORKER["task"](item, threads, _WORKER["results"].put)
+    return len(items)
+
+
+@contextlib.contextmanager
+def open_executor(
+    workers: int, scheduler: str | None = None, scheduler_file: Path | None = None
+) -> Iterator[Executor]:
+    """The local pool of ``workers`` processes, or the Dask cluster whose scheduler is at
+    ``scheduler`` or named in ``scheduler_file`` (connected here, closed on the way out)."""
+    if scheduler is None and scheduler_file is None:
+        yield LocalPool(workers)
+        return
+    if scheduler is not None and scheduler_file is not None:
+        raise UsageError("use either --scheduler or --scheduler-file")
+    from svdharm_cli.cluster import DaskExecutor
+
+    with DaskExecutor.connect(scheduler, scheduler_file) as executor:
+        yield executor
+
+
+class LocalPool:
+    """``workers`` processes on this machine; one worker runs everything in this process.
+
+    Each task is told how many threads to use: one while every worker is busy (two
+    processes each letting BLAS use every core oversubscribe the machine badly), and the
+    spare cores' share once fewer items than workers remain (a volume then spreads its
+    slices over them). On a stop the workers are ended at once (they hold signals back
+    while they rename outputs and report them) and what they reported is collected.
+    """
+
+    remote = False
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.warnings: list[str] = []
+
+    def check(self, readable: Sequence[Path], writable: Sequence[Path]) -> None:
+        """Nothing to check: the workers are this machine's processes."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "local", "workers": self.workers}
+
+    def execute(self, task: Task, items: Sequence[Sized], accept: Accept) -> None:
+        cpus = available_cpus()
+        workers = max(1, min(self.workers, len(items)))
+        if workers == 1:
+            # One item at a time in this process; a volume's slices share the machine's cores.
+            for item in items:
+                task(item, cpus, accept)
+            return
+        context = multiprocessing.get_context("spawn")
+        queue = context.SimpleQueue()
+        pool = ProcessPoolExecutor(workers, context, _init_worker, (task, queue))
+
+        def drain() -> None:
+            while not queue.empty():
+                with signals_deferred():  # taken from the queue means recorded
+                    accept(queue.get())
+
+        try:
+            pending = list(reversed(items))
+            running: set[Future[int]] = set()
+            while pending or running:
+                while pending and len(running) < workers:
+                    busy = min(workers, len(pending) + len(running))
+                    chunk = take_chunk(pending, workers)
+                    running.add(pool.submit(_worker_task, chunk, max(1, cpus // busy)))
+                done, running = wait(running, timeout=0.05, return_when=FIRST_COMPLETED)
+                drain()
+                for future in done:
+                    future.result()  # a worker's bug surfaces here with its traceback
             drain()
-            for future in done:
-                future.result()  # a worker's bug surfaces here with its traceback
-        drain()
-    except BaseException:
-        with signals_deferred(drop=True):
-            _terminate(pool, drain)
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:
+            with signals_deferred(drop=True):
+                _terminate(pool, drain)
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _terminate(pool: ProcessPoolExecutor, drain: Callable[[], None]) -> None:

@@ -82,6 +82,22 @@ Workers = Annotated[
     Optional[int],
     typer.Option(min=1, help="Worker processes.", show_default="the CPUs this process may use"),
 ]
+Scheduler = Annotated[
+    Optional[str],
+    typer.Option(
+        envvar="DASK_SCHEDULER_ADDRESS",
+        help="Run on the Dask cluster whose scheduler is at this address (tcp://host:8786); "
+        "needs svdharm[dask] and IN/OUT at the same paths on every worker.",
+        show_default="the local pool",
+    ),
+]
+SchedulerFile = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="Run on the Dask cluster named in this file (dask scheduler --scheduler-file).",
+        show_default="none",
+    ),
+]
 Log = Annotated[
     Optional[Path],
     typer.Option(
@@ -193,6 +209,9 @@ def fit_reference(
     exclude: Exclude = None,
     mask: Mask = MaskMode.NONE,
     mask_dir: MaskDir = None,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
+    scheduler_file: SchedulerFile = None,
     quiet: Quiet = False,
 ) -> None:
     """Fit a reference (per-band mean and std) from one image or a cohort.
@@ -202,21 +221,32 @@ def fit_reference(
     """
     from svdharm_cli import display, jobs
     from svdharm_cli.bands import DEFAULT_FRACTIONS
+    from svdharm_cli.batch import available_cpus, open_executor
+    from svdharm_cli.safety import Interrupted
 
     fr = _fractions(fractions) or DEFAULT_FRACTIONS
-    with display.progress("fitting", quiet) as (_, on_result):
-        reference, problems, ignored = jobs.fit_reference(
-            refs,
-            fr,
-            max_pixels,
-            on_result,
-            per_slice=per_slice,
-            slice_axis=slice_axis,
-            include=tuple(include or ()),
-            exclude=tuple(exclude or ()),
-            mask=_mask_mode(mask, mask_dir),
-            mask_dir=mask_dir,
-        )
+    mode = _mask_mode(mask, mask_dir)
+    try:
+        with (
+            open_executor(workers or available_cpus(), scheduler, scheduler_file) as executor,
+            display.progress("fitting", quiet) as (_, on_result),
+        ):
+            reference, problems, ignored = jobs.fit_reference(
+                refs,
+                fr,
+                max_pixels,
+                on_result,
+                per_slice=per_slice,
+                slice_axis=slice_axis,
+                include=tuple(include or ()),
+                exclude=tuple(exclude or ()),
+                mask=mode,
+                mask_dir=mask_dir,
+                executor=executor,
+            )
+    except Interrupted as exc:
+        display.print_error(f"interrupted by {signal_name(exc.signum)}: no reference written")
+        raise typer.Exit(exc.exit_code) from None
     jobs.save_reference(reference, output)
     display.report_failures(problems)
     display.print_line(
@@ -237,6 +267,8 @@ def harmonize(
     reference: Annotated[Path, typer.Option(help="Reference JSON, or an image to fit one from.")],
     fractions: Fractions = None,
     workers: Workers = None,
+    scheduler: Scheduler = None,
+    scheduler_file: SchedulerFile = None,
     log: Log = None,
     quiet: Quiet = False,
     include: Include = None,
@@ -265,6 +297,8 @@ def harmonize(
         reference=reference,
         fractions=_fractions(fractions),
         workers=workers,
+        scheduler=scheduler,
+        scheduler_file=scheduler_file,
         log=log,
         include=include,
         exclude=exclude,
@@ -301,6 +335,8 @@ def augment(
     ] = None,
     fractions: Fractions = None,
     workers: Workers = None,
+    scheduler: Scheduler = None,
+    scheduler_file: SchedulerFile = None,
     log: Log = None,
     quiet: Quiet = False,
     include: Include = None,
@@ -338,6 +374,8 @@ def augment(
         per_channel=per_channel,
         seed=seed,
         workers=workers,
+        scheduler=scheduler,
+        scheduler_file=scheduler_file,
         log=log,
         include=include,
         exclude=exclude,
@@ -432,6 +470,9 @@ def compare(
     seed: Annotated[int, typer.Option(min=0, help="Seed of the folds and pixel samples.")] = 0,
     max_pixels: MaxPixels = 100_000_000,
     slice_axis: SliceAxis = 2,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
+    scheduler_file: SchedulerFile = None,
     quiet: Quiet = False,
 ) -> None:
     """Can a classifier still tell the groups apart? Separability and distances between
@@ -441,21 +482,32 @@ def compare(
     from svdharm_cli import display
     from svdharm_cli.atomic import write_text
     from svdharm_cli.bands import DEFAULT_FRACTIONS
+    from svdharm_cli.batch import available_cpus, open_executor
     from svdharm_cli.compare import compare as run_compare
     from svdharm_cli.compare import render_html
+    from svdharm_cli.safety import Interrupted
 
-    with display.progress("comparing", quiet) as (_, on_result):
-        result = run_compare(
-            groups,
-            _fractions(fractions) or DEFAULT_FRACTIONS,
-            mask=_mask_mode(mask, mask_dir),
-            mask_dir=mask_dir,
-            folds=folds,
-            seed=seed,
-            max_pixels=max_pixels,
-            slice_axis=slice_axis,
-            on_result=on_result,
-        )
+    mode = _mask_mode(mask, mask_dir)
+    try:
+        with (
+            open_executor(workers or available_cpus(), scheduler, scheduler_file) as executor,
+            display.progress("comparing", quiet) as (_, on_result),
+        ):
+            result = run_compare(
+                groups,
+                _fractions(fractions) or DEFAULT_FRACTIONS,
+                mask=mode,
+                mask_dir=mask_dir,
+                folds=folds,
+                seed=seed,
+                max_pixels=max_pixels,
+                slice_axis=slice_axis,
+                on_result=on_result,
+                executor=executor,
+            )
+    except Interrupted as exc:
+        display.print_error(f"interrupted by {signal_name(exc.signum)}: nothing written")
+        raise typer.Exit(exc.exit_code) from None
     display.report_failures(result.problems)
     if json_path is not None:
         write_text(json_path, json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
@@ -536,6 +588,12 @@ def _run(
         raise typer.Exit(128 + summary.interrupted)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
 
 
 def main() -> None:

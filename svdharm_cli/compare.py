@@ -32,18 +32,20 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from svdharm_cli import __version__
+from svdharm_cli.batch import Executor, LocalPool, run_tasks
 from svdharm_cli.errors import ImageError, SkipImage, UsageError
 from svdharm_cli.formats import read_image
 from svdharm_cli.methods import Moments, decompose_channels, pool, slice_moments
 from svdharm_cli.plan import Unit, discover, plan_units
 from svdharm_cli.reference import describe_kind
+from svdharm_cli.safety import Interrupted
 from svdharm_cli.worker import FAILED, OK, SKIPPED, FileResult, unit_masks
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
@@ -134,38 +136,49 @@ def compare(
     max_pixels: int = 100_000_000,
     slice_axis: int = 2,
     on_result: Callable[[FileResult], None] = lambda r: None,
+    executor: Executor | None = None,
 ) -> Comparison:
     """Features of every image of every group, then separability and distances.
 
-    Raises :class:`UsageError` for fewer than two groups, a missing folder, or no images.
+    The features are taken by ``executor``'s workers (this process by default); each
+    image's pixel sample has its own seed (from ``seed`` and the image's place in the
+    groups), so the result does not depend on where or in which order they ran. Raises
+    :class:`UsageError` for fewer than two groups, a missing folder, or no images, and
+    :class:`Interrupted` on SIGINT/SIGTERM.
     """
     start = time.perf_counter()
+    executor = executor or LocalPool(1)
     if len(folders) < 2:
         raise UsageError("compare needs at least two groups (folders)")
     for folder in folders:
         if not folder.is_dir():
             raise UsageError(f"group {folder} is not a folder")
-    rng = np.random.default_rng(seed)
-    samples: list[Sample] = []
-    problems: list[FileResult] = []
     names = group_names(folders)
+    here: Callable[[Path], Path] = Path.absolute if executor.remote else (lambda path: path)
+    items: list[Grouped] = []
     for k, folder in enumerate(folders):
         found = discover(folder)
-        for work in plan_units(found.root, found.images):
-            sample_mask_dir = None if mask_dir is None else mask_dir / names[k]
-            outcome = _sample(
-                k, found.root, work, fractions, mask, sample_mask_dir, max_pixels, slice_axis, rng
-            )
-            for rel in work.files:
-                path = str(found.root / rel)
-                if isinstance(outcome, Sample):
-                    on_result(FileResult(path, OK))
-                else:
-                    res = FileResult(path, outcome[0], outcome[1], (), 0.0, work.volume)
-                    problems.append(res)
-                    on_result(res)
-            if isinstance(outcome, Sample):
-                samples.append(outcome)
+        root = here(found.root)
+        masks = None if mask_dir is None else here(mask_dir / names[k])
+        for work in plan_units(root, found.images):
+            items.append(Grouped(len(items), k, root, work, found.root, masks))
+    executor.check(
+        sorted({item.root for item in items} | ({here(mask_dir)} if mask_dir else set())), []
+    )
+    task = SampleUnits(tuple(fractions), mask, max_pixels, slice_axis, seed)
+    outcomes: dict[int, Sampled] = {}
+
+    def accept(payload: Sampled) -> None:
+        outcomes[payload.index] = payload
+        for res in payload.results:
+            on_result(res)
+
+    interrupted = run_tasks(executor, task, items, accept)
+    if interrupted is not None:
+        raise Interrupted(interrupted)
+    ordered = [outcomes[i] for i in sorted(outcomes)]
+    problems = [r for o in ordered for r in o.results if r.status != OK]
+    samples = [o.sample for o in ordered if o.sample is not None]
     if not samples:
         raise UsageError("no image in the groups could be read")
     kinds = Counter((s.unit, s.channels) for s in samples)
@@ -196,6 +209,84 @@ def compare(
         problems=problems,
         seconds=time.perf_counter() - start,
     )
+
+
+@dataclass(frozen=True)
+class Grouped:
+    """A unit of work of one group, numbered in input order; read under ``root``, named
+    under ``shown`` (how the user spelled the folder); masks under ``mask_dir``."""
+
+    index: int
+    group: int
+    root: Path
+    unit: Unit
+    shown: Path
+    mask_dir: Path | None
+
+    @property
+    def size(self) -> int:
+        return self.unit.size
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """One unit's outcome: a result per file, and its features when it could be read."""
+
+    index: int
+    results: list[FileResult]
+    sample: Sample | None
+
+
+@dataclass(frozen=True)
+class SampleUnits:
+    """The task of compare: the features of each unit (payload :class:`Sampled`)."""
+
+    fractions: tuple[float, ...]
+    mask: str
+    max_pixels: int
+    slice_axis: int
+    seed: int
+
+    def __call__(
+        self, item: Grouped, threads: int, report: Callable[[Any], None], stop: Any = None
+    ) -> None:
+        if stop is not None and stop():
+            return
+        rng = np.random.default_rng([self.seed, item.index])
+        outcome = _sample(
+            item.group,
+            item.root,
+            item.unit,
+            self.fractions,
+            self.mask,
+            item.mask_dir,
+            self.max_pixels,
+            self.slice_axis,
+            rng,
+        )
+        if isinstance(outcome, Sample):
+            path = _sample_path(item.shown, item.unit)
+            outcome = replace(outcome, path=path)
+            results = [FileResult(str(item.shown / rel), OK) for rel in item.unit.files]
+            report(Sampled(item.index, results, outcome))
+            return
+        results = [
+            FileResult(str(item.shown / rel), outcome[0], outcome[1], (), 0.0, item.unit.volume)
+            for rel in item.unit.files
+        ]
+        report(Sampled(item.index, results, None))
+
+    def lost(self, item: Grouped, reason: str) -> Sampled:
+        where = item.shown / item.unit.files[0]
+        results = [
+            FileResult(str(item.shown / rel), FAILED, f"{where}: {reason}", volume=item.unit.volume)
+            for rel in item.unit.files
+        ]
+        return Sampled(item.index, results, None)
+
+
+def _sample_path(root: Path, unit: Unit) -> str:
+    return str(root / unit.files[0]) if unit.volume is None else f"{root}/{unit.volume}"
 
 
 def _sample(
@@ -230,7 +321,7 @@ def _sample(
         return FAILED, exc.message
     return sample_from_moments(
         group,
-        str(root / unit.files[0]) if unit.volume is None else f"{root}/{unit.volume}",
+        _sample_path(root, unit),
         images[0].unit,
         moments,
         values,

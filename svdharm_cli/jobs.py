@@ -6,7 +6,6 @@ The CLI turns options into a :class:`RunRequest` and calls :func:`run` or
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 import signal
@@ -17,36 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from svdharm_cli import __version__
 from svdharm_cli.atomic import write_text
 from svdharm_cli.bands import DEFAULT_FRACTIONS
-from svdharm_cli.batch import run_units
+from svdharm_cli.batch import Executor, LocalPool, open_executor, run_tasks, run_units
 from svdharm_cli.errors import ImageError, ReferenceFileError, SkipImage, UsageError
-from svdharm_cli.formats import DEFAULT_MAX_PIXELS, WriteOptions, read_image
-from svdharm_cli.methods import (
-    DEFAULT_HIGH,
-    DEFAULT_LOW,
-    Method,
-    decompose_channels,
-    pool,
-    slice_moments,
-)
+from svdharm_cli.fitting import Measured, MeasureUnits, Rooted, sha256_file, unit_statistics
+from svdharm_cli.formats import DEFAULT_MAX_PIXELS, WriteOptions
+from svdharm_cli.methods import DEFAULT_HIGH, DEFAULT_LOW, Method
 from svdharm_cli.plan import Unit, check_roots, discover, plan_units
-from svdharm_cli.reference import Reference, Source
+from svdharm_cli.reference import Reference
 from svdharm_cli.runlog import LOG_FORMAT, LOG_VERSION, file_record, iso, utc_now, write_log
-from svdharm_cli.safety import OutputLock, interruptible, sweep_temporaries
-from svdharm_cli.worker import (
-    ALREADY_DONE,
-    FAILED,
-    OK,
-    SKIPPED,
-    FileResult,
-    JobConfig,
-    unit_masks,
-    volumes_of,
-)
+from svdharm_cli.safety import Interrupted, OutputLock, sweep_temporaries
+from svdharm_cli.worker import ALREADY_DONE, FAILED, OK, SKIPPED, FileResult, JobConfig
 
 
 @dataclass(frozen=True)
@@ -76,6 +58,8 @@ class RunRequest:
     slice_axis: int = 2
     mask: str = "none"
     mask_dir: Path | None = None
+    scheduler: str | None = None
+    scheduler_file: Path | None = None
     argv: tuple[str, ...] = ()
 
 
@@ -102,52 +86,6 @@ class RunSummary:
         return [r for r in self.results if r.status == FAILED]
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def unit_statistics(
-    root: Path,
-    unit: Unit,
-    fractions: Sequence[float],
-    max_pixels: int,
-    *,
-    per_slice: bool = False,
-    slice_axis: int = 2,
-    mask: str = "none",
-    mask_dir: Path | None = None,
-) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], list[Source]]:
-    """Per-image statistics ``(unit, means, stds)`` of one unit of work, and its sources.
-
-    A volume counts as one image, its slices pooled (METHOD.md section 3a); each 3-D volume
-    of a 4-D NIfTI counts as one; with ``per_slice`` every slice counts as one image.
-    """
-    images = [read_image(root / rel, max_pixels, slice_axis=slice_axis) for rel in unit.files]
-    kinds = {(im.unit, im.channel_count) for im in images}
-    if len(kinds) > 1:
-        raise ImageError(f"{root / unit.files[0]}: the files of this series differ in kind")
-    moments = []
-    masks = unit_masks(images, unit, root, mask, mask_dir, slice_axis)
-    for image, volume_mask in zip(images, masks):
-        for f, frame in enumerate(image.frames):
-            plane = None if volume_mask is None else volume_mask[f]
-            moments.append(slice_moments(decompose_channels(frame, fractions, plane)))
-    groups = [[i] for i in range(len(moments))] if per_slice else volumes_of(images)
-    stats = []
-    for group in groups:
-        pooled = pool([moments[i] for i in group])
-        stats.append((images[0].unit, pooled.means, pooled.stds))
-    sources = [
-        Source(str(root / rel), sha256_file(root / rel), im.shape, im.unit, im.channel_count)
-        for rel, im in zip(unit.files, images)
-    ]
-    return stats, sources
-
-
 def fit_reference(
     paths: Sequence[Path],
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
@@ -160,54 +98,50 @@ def fit_reference(
     exclude: Sequence[str] = (),
     mask: str = "none",
     mask_dir: Path | None = None,
+    executor: Executor | None = None,
 ) -> tuple[Reference, list[FileResult], int]:
     """Fit a reference from image files and folders (walked like inputs); also return the
     problems and how many files no format takes were ignored.
 
     Images are grouped by (unit, channel count), one reference entry per group; a DICOM
-    series or other volume counts as one image. Files that cannot be read are reported
+    series or other volume counts as one image. The statistics of each unit are taken by
+    ``executor``'s workers (this process by default) and reduced here in input order, so
+    the reference is the same wherever they ran. Files that cannot be read are reported
     through ``on_result`` and left out; the fit uses the rest. Raises :class:`UsageError`
-    when no image remains.
+    when no image remains, :class:`Interrupted` on SIGINT/SIGTERM.
     """
-    units: list[tuple[Path, Unit]] = []
+    executor = executor or LocalPool(1)
+    items: list[Rooted] = []
     ignored = 0
     for p in paths:
         if not p.exists():
             raise UsageError(f"reference input {p} does not exist")
         found = discover(p, include=include, exclude=exclude)
         ignored += len(found.ignored)
-        units.extend((found.root, u) for u in plan_units(found.root, found.images))
-    if not units:
+        root = _for_workers(executor)(found.root)
+        units = plan_units(root, found.images)
+        items.extend(Rooted(len(items) + i, root, u, found.root) for i, u in enumerate(units))
+    if not items:
         raise UsageError("no PNG, JPEG, TIFF, NIfTI or DICOM images found in the reference inputs")
-    stats: list[tuple[str, np.ndarray, np.ndarray]] = []
-    sources: list[Source] = []
-    problems: list[FileResult] = []
-    for root, unit in units:
-        start = time.perf_counter()
-        try:
-            s, src = unit_statistics(
-                root,
-                unit,
-                fractions,
-                max_pixels,
-                per_slice=per_slice,
-                slice_axis=slice_axis,
-                mask=mask,
-                mask_dir=mask_dir,
-            )
-        except (ImageError, SkipImage) as exc:
-            status = SKIPPED if isinstance(exc, SkipImage) else FAILED
-            seconds = (time.perf_counter() - start) / len(unit.files)
-            for rel in unit.files:
-                res = FileResult(str(root / rel), status, exc.message, (), seconds, unit.volume)
-                problems.append(res)
-                on_result(res)
-            continue
-        stats.extend(s)
-        sources.extend(src)
-        seconds = (time.perf_counter() - start) / len(unit.files)
-        for rel in unit.files:
-            on_result(FileResult(str(root / rel), OK, None, (), seconds, unit.volume))
+    if mask_dir is not None:
+        mask_dir = _for_workers(executor)(mask_dir)
+    readable = {item.root for item in items} | ({mask_dir} if mask_dir is not None else set())
+    executor.check(sorted(readable), [])
+    task = MeasureUnits(tuple(fractions), max_pixels, per_slice, slice_axis, mask, mask_dir)
+    measured: dict[int, Measured] = {}
+
+    def accept(payload: Measured) -> None:
+        measured[payload.index] = payload
+        for res in payload.results:
+            on_result(res)
+
+    interrupted = run_tasks(executor, task, items, accept)
+    if interrupted is not None:
+        raise Interrupted(interrupted)
+    outcomes = [measured[i] for i in sorted(measured)]
+    problems = [r for m in outcomes for r in m.results if r.status != OK]
+    stats = [s for m in outcomes for s in m.statistics]
+    sources = [s for m in outcomes for s in m.sources]
     if not stats:
         raise UsageError("none of the reference images could be read", hint=problems[0].reason)
     reference = Reference.fit(stats, fractions, sources, mask=mask)
@@ -285,7 +219,10 @@ def run(
         reference, ref_record = load_reference(
             request.reference, request.fractions, request.max_pixels, request.slice_axis
         )
-    with OutputLock(request.out):
+    with (
+        open_executor(request.workers, request.scheduler, request.scheduler_file) as executor,
+        OutputLock(request.out),
+    ):
         sweep_temporaries(request.out)
         fractions = reference.fractions if reference else (request.fractions or DEFAULT_FRACTIONS)
         seed = request.seed
@@ -300,12 +237,15 @@ def run(
         )
         root, rels = found.root, found.images
         units = plan_units(root, rels)
+        here = _for_workers(executor)
+        readable = [here(root)] + ([] if request.mask_dir is None else [here(request.mask_dir)])
+        executor.check(readable, [here(request.out)])
         previous_failures = _previous_failures(request) if request.skip_existing else None
         config = JobConfig(
             method=request.method,
             fractions=fractions,
-            in_root=root,
-            out_root=request.out,
+            in_root=here(root),
+            out_root=here(request.out),
             reference=reference,
             copies=request.copies,
             low=request.low,
@@ -320,12 +260,12 @@ def run(
             per_slice=request.per_slice,
             slice_axis=request.slice_axis,
             mask=request.mask,
-            mask_dir=request.mask_dir,
+            mask_dir=None if request.mask_dir is None else here(request.mask_dir),
         )
         warnings = _mask_warnings(reference, request)
         on_start(len(rels))
-        with interruptible():
-            outcome = run_units(units, config, request.workers, on_result)
+        outcome = run_units(executor, units, config, on_result)
+        warnings.extend(executor.warnings)
         if outcome.interrupted is not None:
             sweep_temporaries(request.out)
         results = outcome.results
@@ -352,6 +292,7 @@ def run(
             "input_root_absolute": str(root.resolve()),
             "output_absolute": str(request.out.resolve()),
             "parameters": _parameters(request, fractions),
+            "executor": executor.describe(),
             "reference": ref_record,
             "seed": seed,
             "seed_given": request.seed is not None,
@@ -382,6 +323,12 @@ def run(
         retried=retried,
         warnings=tuple(warnings),
     )
+
+
+def _for_workers(executor: Executor) -> Callable[[Path], Path]:
+    """How to spell paths for the executor's workers: a cluster's workers resolve paths in
+    their own working folders, so they get absolute ones."""
+    return Path.absolute if executor.remote else (lambda path: path)
 
 
 def _mask_warnings(reference: Reference | None, request: RunRequest) -> list[str]:

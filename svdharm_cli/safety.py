@@ -145,6 +145,9 @@ def sweep_temporaries(out: Path) -> int:
     return removed
 
 
+_QUIETED: list[bool] = []
+
+
 def quiet_libraries() -> None:
     """Keep imaging libraries from printing header values: pydicom's warnings and log
     messages quote them (UIDs, names), and svdharm's messages name files only. Readers
@@ -154,7 +157,9 @@ def quiet_libraries() -> None:
     import warnings
 
     for name in ("pydicom", "nibabel", "tifffile", "PIL"):
-        warnings.filterwarnings("ignore", module=rf"{name}(\.|$)")
-        logger = logging.getLogger(name)
-        logger.addHandler(logging.NullHandler())
-        logger.propagate = False
+        warnings.filterwarnings("ignore", module=rf"{name}(\.|$)")  # Python drops repeats
+        if not _QUIETED:  # once per process: handlers would pile up
+            logger = logging.getLogger(name)
+            logger.addHandler(logging.NullHandler())
+            logger.propagate = False
+    _QUIETED[:] = [True]

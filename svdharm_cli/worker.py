@@ -120,10 +120,20 @@ def process_file(rel: str, config: JobConfig) -> FileResult:
 
 
 Report = Callable[[list[FileResult]], None]
+Stop = Callable[[], bool]
+
+
+class Stopped(Exception):
+    """The run was asked to stop (a cluster run's client got SIGINT or SIGTERM): the unit
+    is abandoned before its outputs reach their final names."""
 
 
 def process_unit(
-    unit: Unit, config: JobConfig, threads: int = 1, report: Report | None = None
+    unit: Unit,
+    config: JobConfig,
+    threads: int = 1,
+    report: Report | None = None,
+    stop: Stop | None = None,
 ) -> list[FileResult]:
     """Read, transform and write one unit; every expected problem becomes its results.
 
@@ -131,6 +141,11 @@ def process_unit(
     files it is called right after the outputs are renamed into place, with SIGINT and
     SIGTERM held back across both, so that no stop can leave an output on disk that was
     not reported (the run log is built from what was reported).
+
+    ``stop`` is asked between slices and before the outputs are renamed; once it says
+    yes the unit is abandoned (temporaries removed) and the result is empty: the unit was
+    not processed. Local pools end their workers instead; a cluster's workers cannot be
+    ended from the client, so its tasks are asked to stop this way.
     """
     start = time.perf_counter()
     planned = [
@@ -171,14 +186,18 @@ def process_unit(
         finals = [config.out_root / outs[j] for j in range(copies) for outs in planned]
         with staged(finals) as stage:
             outputs = _transform_and_write(
-                unit, config, images, masks, entry, planned, threads, stage
+                unit, config, images, masks, entry, planned, threads, stage, stop
             )
+            if stop is not None and stop():
+                raise Stopped
             done = results(OK, None, outputs)
             with signals_deferred():
                 stage.commit()
                 if report is not None:
                     report(done)
         return done
+    except Stopped:
+        return []
     except SkipImage as exc:
         return results(SKIPPED, _in_volume(exc.message, unit))
     except ImageError as exc:
@@ -236,9 +255,10 @@ def _transform_and_write(
     planned: list[list[str]],
     threads: int,
     stage: Staged,
+    stop: Stop | None = None,
 ) -> list[list[OutputRecord]]:
     """Transform every slice and write every copy to the stage's temporaries; return the
-    records of each file's outputs."""
+    records of each file's outputs. Raises :class:`Stopped` when ``stop`` says so."""
     slices = [(image, f) for image in images for f in range(image.frame_count)]
     random = config.method is not Method.HARMONIZE
     copies = len(planned[0])
@@ -256,6 +276,8 @@ def _transform_and_write(
         return None if mask is None else mask[f]
 
     def decompose(i: int) -> list[Bands]:
+        if stop is not None and stop():
+            raise Stopped
         image, f = slices[i]
         return decompose_channels(image.frames[f], config.fractions, mask_of(i))
 

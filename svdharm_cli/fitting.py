@@ -1,0 +1,158 @@
+"""Per-image band statistics, the work of ``fit-reference``, run wherever tasks run.
+
+:func:`unit_statistics` reads one unit (an image, a series, a NIfTI or TIFF volume) and
+returns its pooled per-component statistics (METHOD.md section 3a) and its sources.
+:class:`MeasureUnits` is the picklable task that runs it on workers (local processes or a
+Dask cluster): statistics travel back, never pixels; the client reduces them into a
+:class:`~svdharm_cli.reference.Reference` in input order, so the reference does not depend
+on where or in which order the work ran.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from svdharm_cli.errors import ImageError, SkipImage
+from svdharm_cli.formats import read_image
+from svdharm_cli.methods import decompose_channels, pool, slice_moments
+from svdharm_cli.plan import Unit
+from svdharm_cli.reference import Source
+from svdharm_cli.worker import FAILED, OK, SKIPPED, FileResult, Stop, unit_masks, volumes_of
+
+Statistics = tuple[str, np.ndarray, np.ndarray]
+"""One image's ``(unit, means, stds)``."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def unit_statistics(
+    root: Path,
+    unit: Unit,
+    fractions: Sequence[float],
+    max_pixels: int,
+    *,
+    per_slice: bool = False,
+    slice_axis: int = 2,
+    mask: str = "none",
+    mask_dir: Path | None = None,
+) -> tuple[list[Statistics], list[Source]]:
+    """Per-image statistics ``(unit, means, stds)`` of one unit of work, and its sources.
+
+    A volume counts as one image, its slices pooled (METHOD.md section 3a); each 3-D volume
+    of a 4-D NIfTI counts as one; with ``per_slice`` every slice counts as one image.
+    """
+    images = [read_image(root / rel, max_pixels, slice_axis=slice_axis) for rel in unit.files]
+    kinds = {(im.unit, im.channel_count) for im in images}
+    if len(kinds) > 1:
+        raise ImageError(f"{root / unit.files[0]}: the files of this series differ in kind")
+    moments = []
+    masks = unit_masks(images, unit, root, mask, mask_dir, slice_axis)
+    for image, volume_mask in zip(images, masks):
+        for f, frame in enumerate(image.frames):
+            plane = None if volume_mask is None else volume_mask[f]
+            moments.append(slice_moments(decompose_channels(frame, fractions, plane)))
+    groups = [[i] for i in range(len(moments))] if per_slice else volumes_of(images)
+    stats = []
+    for group in groups:
+        pooled = pool([moments[i] for i in group])
+        stats.append((images[0].unit, pooled.means, pooled.stds))
+    sources = [
+        Source(str(root / rel), sha256_file(root / rel), im.shape, im.unit, im.channel_count)
+        for rel, im in zip(unit.files, images)
+    ]
+    return stats, sources
+
+
+@dataclass(frozen=True)
+class Rooted:
+    """A unit of work under its own root (fit-reference takes several inputs), numbered
+    so that the reduction keeps input order. ``root`` is where workers read (absolute for a
+    cluster), ``shown`` how the user spelled it: the reference's sources and the results
+    name files that way, wherever they were read."""
+
+    index: int
+    root: Path
+    unit: Unit
+    shown: Path
+
+    @property
+    def size(self) -> int:
+        return self.unit.size
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One unit's outcome: a result per file, and its statistics and sources when read."""
+
+    index: int
+    results: list[FileResult]
+    statistics: list[Statistics]
+    sources: list[Source]
+
+
+@dataclass(frozen=True)
+class MeasureUnits:
+    """The task of fit-reference: the statistics of each unit (payload :class:`Measured`)."""
+
+    fractions: tuple[float, ...]
+    max_pixels: int
+    per_slice: bool = False
+    slice_axis: int = 2
+    mask: str = "none"
+    mask_dir: Path | None = None
+
+    def __call__(
+        self,
+        item: Rooted,
+        threads: int,
+        report: Callable[[Any], None],
+        stop: Stop | None = None,
+    ) -> None:
+        if stop is not None and stop():
+            return
+        start = time.perf_counter()
+        root, unit, shown = item.root, item.unit, item.shown
+        try:
+            stats, sources = unit_statistics(
+                root,
+                unit,
+                self.fractions,
+                self.max_pixels,
+                per_slice=self.per_slice,
+                slice_axis=self.slice_axis,
+                mask=self.mask,
+                mask_dir=self.mask_dir,
+            )
+            sources = [replace(s, path=str(shown / rel)) for s, rel in zip(sources, unit.files)]
+            status, reason = OK, None
+        except (ImageError, SkipImage) as exc:
+            stats, sources = [], []
+            status = SKIPPED if isinstance(exc, SkipImage) else FAILED
+            reason = exc.message
+        seconds = (time.perf_counter() - start) / len(unit.files)
+        results = [
+            FileResult(str(shown / rel), status, reason, (), seconds, unit.volume)
+            for rel in unit.files
+        ]
+        report(Measured(item.index, results, stats, sources))
+
+    def lost(self, item: Rooted, reason: str) -> Measured:
+        where = item.shown / item.unit.files[0]
+        results = [
+            FileResult(str(item.shown / rel), FAILED, f"{where}: {reason}", volume=item.unit.volume)
+            for rel in item.unit.files
+        ]
+        return Measured(item.index, results, [], [])
