@@ -42,8 +42,8 @@ test: install
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check svdharm_cli tests scripts bench
-	$(BIN)/ruff format --check svdharm_cli tests scripts bench
+	$(BIN)/ruff check svdharm_cli tests scripts bench examples
+	$(BIN)/ruff format --check svdharm_cli tests scripts bench examples
 	$(BIN)/mypy svdharm_cli
 
 # Speed and memory against a researcher's baseline, as ratios in one run (not tests).
