@@ -80,7 +80,11 @@ BandFractions = Annotated[
 ]
 Workers = Annotated[
     Optional[int],
-    typer.Option(min=1, help="Worker processes.", show_default="the CPUs this process may use"),
+    typer.Option(
+        min=1,
+        help="Worker processes of the local pool (with --scheduler, the cluster's workers run).",
+        show_default="the CPUs this process may use",
+    ),
 ]
 Scheduler = Annotated[
     Optional[str],

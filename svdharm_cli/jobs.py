@@ -291,7 +291,7 @@ def run(
             "output": str(request.out),
             "input_root_absolute": str(root.resolve()),
             "output_absolute": str(request.out.resolve()),
-            "parameters": _parameters(request, fractions),
+            "parameters": _parameters(request, fractions, executor),
             "executor": executor.describe(),
             "reference": ref_record,
             "seed": seed,
@@ -378,7 +378,9 @@ def _provenance(
     return "; ".join(parts)
 
 
-def _parameters(request: RunRequest, fractions: tuple[float, ...]) -> dict[str, Any]:
+def _parameters(
+    request: RunRequest, fractions: tuple[float, ...], executor: Executor
+) -> dict[str, Any]:
     random = request.method is not Method.HARMONIZE
     return {
         "method": request.method.value,
@@ -387,7 +389,7 @@ def _parameters(request: RunRequest, fractions: tuple[float, ...]) -> dict[str, 
         "low": request.low if random else None,
         "high": request.high if random else None,
         "per_channel": request.per_channel,
-        "workers": request.workers,
+        "workers": None if executor.remote else request.workers,  # a cluster's: see executor
         "include": list(request.include),
         "exclude": list(request.exclude),
         "include_hidden": request.include_hidden,
