@@ -212,7 +212,7 @@ def _wait_for_outputs(out: Path, count: int, proc: subprocess.Popen[str]) -> Non
 
 
 def test_killed_worker_loses_and_duplicates_nothing(cluster: Any, tmp_path: Path) -> None:
-    src = _big_tree(tmp_path / "in", 40, 320)
+    src = _big_tree(tmp_path / "in", 40, 480)
     out = tmp_path / "out"
     args = ["augment", src, out, "--seed", 4, "--scheduler", cluster.scheduler_address]
     proc = subprocess.Popen(
@@ -225,9 +225,11 @@ def test_killed_worker_loses_and_duplicates_nothing(cluster: Any, tmp_path: Path
     with distributed.Client(cluster.scheduler_address) as client:
         pids = client.run(os.getpid)
         os.kill(sorted(pids.values())[0], signal.SIGKILL)
+        done_at_kill = len(list(out.glob("*.png")))
         _, stderr = proc.communicate(timeout=300)
         client.wait_for_workers(2, timeout=60)  # the nanny restarts it
     assert proc.returncode == 0, stderr
+    assert done_at_kill < 30  # the worker died mid-run
     log = only_log(out)
     paths = [r["path"] for r in log["files"]]
     assert sorted(paths) == sorted(set(paths)) and len(paths) == 40
@@ -322,3 +324,38 @@ def test_a_file_that_kills_workers_fails_alone(tmp_path: Path) -> None:
     assert set(status.values()) == {"ok"} and len(status) == 12
     reason = next(r["reason"] for r in log["files"] if r["path"] == "poison.png")
     assert "poison.png" in reason and "died" in reason
+
+
+def test_futures_in_flight_are_bounded_and_small_files_chunked(
+    cluster: Any, tmp_path: Path
+) -> None:
+    from svdharm_cli.batch import run_units
+    from svdharm_cli.cluster import DaskExecutor
+    from svdharm_cli.methods import Method
+    from svdharm_cli.plan import discover, plan_units
+    from svdharm_cli.worker import JobConfig
+
+    src = tmp_path / "in"
+    for i in range(600):
+        save(src / f"im{i:03d}.png", textured(16, 16, seed=i))
+    found = discover(src)
+    units = plan_units(found.root, found.images)
+    config = JobConfig(Method.DEHARMONIZE, (0.07, 0.2, 0.5), src, tmp_path / "out", seed=3)
+    with DaskExecutor.connect(cluster.scheduler_address) as executor:
+        submitted: list[int] = []
+        in_flight: list[int] = []
+        submit = executor.client.submit
+
+        def counting_submit(*args: Any, **kwargs: Any) -> Any:
+            submitted.append(len(args[2]))  # (_run_chunk, task, chunk, ...)
+            in_flight.append(sum(not f.done() for f in futures))
+            future = submit(*args, **kwargs)
+            futures.append(future)
+            return future
+
+        futures: list[Any] = []
+        executor.client.submit = counting_submit  # type: ignore[method-assign]
+        outcome = run_units(executor, units, config)
+    assert len(outcome.results) == 600 and {r.status for r in outcome.results} == {"ok"}
+    assert sum(submitted) == 600 and len(submitted) < 600 / 4  # small files travel together
+    assert max(in_flight) < 2 * 2 + 2  # 2 workers with one thread each: at most 6 in flight
