@@ -102,11 +102,12 @@ def test_cluster_run_equals_local_runs(
 
 
 def test_fit_reference_and_compare_on_the_cluster(cluster: Any, tree: Path, tmp_path: Path) -> None:
-    local, remote = tmp_path / "local.json", tmp_path / "dask.json"
+    local, pool, remote = tmp_path / "local.json", tmp_path / "pool.json", tmp_path / "dask.json"
     assert svdharm("fit-reference", tree, "-o", local, "--workers", 1).code == 1
+    assert svdharm("fit-reference", tree, "-o", pool, "--workers", 2).code == 1
     result = svdharm("fit-reference", tree, "-o", remote, "--scheduler", cluster.scheduler_address)
     assert result.code == 1 and "broken.png" in result.stderr
-    assert local.read_bytes() == remote.read_bytes()
+    assert local.read_bytes() == pool.read_bytes() == remote.read_bytes()
 
     # compare: the features travel back from the workers; the verdict is the same.
     a, b = tmp_path / "a.json", tmp_path / "b.json"

@@ -114,6 +114,33 @@ def test_signal_mid_batch_then_resume(
 
 
 @pytest.mark.slow
+def test_stopped_fit_writes_no_reference(big_tree: Path, tmp_path: Path) -> None:
+    """fit-reference runs on worker processes too: a stop ends them and writes nothing."""
+    target = tmp_path / "reference.json"
+    args = ["fit-reference", big_tree, "-o", target, "--workers", 2]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "svdharm_cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    kids = _children(proc.pid)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted by SIGINT: no reference written" in stderr
+    assert not target.exists() and not list(tmp_path.glob(".*svdharm-tmp"))
+    end = time.monotonic() + 10
+    while any(_alive(k) for k in kids) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not [k for k in kids if _alive(k)], "worker processes outlived the fit"
+
+
+@pytest.mark.slow
 def test_every_output_after_a_stop_is_logged(tmp_path: Path) -> None:
     """Small files travel in chunks; a stop in the middle of a chunk must still log every
     output that reached disk (three stops at different moments)."""
