@@ -91,7 +91,7 @@ Scheduler = Annotated[
     typer.Option(
         envvar="DASK_SCHEDULER_ADDRESS",
         help="Run on the Dask cluster whose scheduler is at this address (tcp://host:8786); "
-        "needs svdharm[dask] and IN/OUT at the same paths on every worker.",
+        "needs svdharm\\[dask] and IN/OUT at the same paths on every worker.",
         show_default="the local pool",
     ),
 ]

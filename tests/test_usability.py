@@ -15,15 +15,23 @@ from tests.conftest import only_log, svdharm
 from tests.dicom_files import installed_files
 from tests.images import save, textured
 
-COMMANDS = ("fit-reference", "harmonize", "augment", "bands", "report")
+COMMANDS = ("fit-reference", "harmonize", "augment", "bands", "report", "compare")
 
-# Defaults that are not plain values: each must be shown in its command's help.
+# Defaults that are not plain values, and bracketed text markup could swallow: each must
+# be shown in its command's help.
+CLUSTER = ["svdharm[dask]", "DASK_SCHEDULER_ADDRESS", "the local pool"]
 SHOWN_DEFAULTS = {
-    "harmonize": ["the CPUs this process may use", "a new timestamped file in OUT", "0.07,0.2,0.5"],
-    "augment": ["drawn at random, printed and logged", "the CPUs this process may use"],
+    "harmonize": [
+        "the CPUs this process may use",
+        "a new timestamped file in OUT",
+        "0.07,0.2,0.5",
+        *CLUSTER,
+    ],
+    "augment": ["drawn at random, printed and logged", "the CPUs this process may use", *CLUSTER],
     "bands": ["<stem>_bands.png in the current folder", "0.07,0.2,0.5"],
     "report": ["the log's name, .html"],
-    "fit-reference": ["0.07,0.2,0.5"],
+    "fit-reference": ["0.07,0.2,0.5", "the CPUs this process may use", *CLUSTER],
+    "compare": ["0.07,0.2,0.5", "the CPUs this process may use", *CLUSTER],
 }
 
 
