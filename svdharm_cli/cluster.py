@@ -5,7 +5,8 @@ filesystem it shares with the client, so the client checks first, on every worke
 the input folders are readable, the output folder writable and svdharm the same version.
 The task and the seeds are those of local runs, so outputs are byte-identical to them.
 
-- **Bounded**: at most ``2 x threads + 2`` tasks are in flight, whatever the tree's size;
+- **Bounded**: at most ``2 x threads + 2`` tasks are in flight, whatever the tree's size
+  (threads recounted every 2 s: workers that join during a run get work);
   small files travel in chunks (:func:`~svdharm_cli.batch.take_chunk`).
 - **Faults**: the scheduler re-runs a task whose worker died on another worker (outputs are
   renamed into place whole, so a re-run is safe, and only the client's copy of a result is
@@ -26,6 +27,7 @@ Dask is an optional extra (``pip install 'svdharm[dask]'``), imported only here.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -75,6 +77,8 @@ class DaskExecutor:
         self.address = address
         self.warnings: list[str] = []
         self._alone: set[int] = set()
+        self._described: dict[str, Any] | None = None
+        self._asked, self._slots = -2.0, 1
 
     @classmethod
     def connect(cls, address: str | None, scheduler_file: Path | None = None) -> DaskExecutor:
@@ -120,13 +124,17 @@ class DaskExecutor:
         self.client.close()
 
     def describe(self) -> dict[str, Any]:
-        threads = self.client.nthreads()
-        return {
-            "kind": "dask",
-            "scheduler": self.address,
-            "workers": len(threads),
-            "threads": sum(threads.values()),
-        }
+        """The cluster as the run found it (asked once: the log is written even when the
+        scheduler has gone away since)."""
+        if self._described is None:
+            threads = self.client.nthreads()
+            self._described = {
+                "kind": "dask",
+                "scheduler": self.address,
+                "workers": len(threads),
+                "threads": sum(threads.values()),
+            }
+        return self._described
 
     def check(self, readable: Sequence[Path], writable: Sequence[Path]) -> None:
         """Refuse (exit 2) unless every worker runs this svdharm version, reads each of
@@ -151,8 +159,7 @@ class DaskExecutor:
     def execute(self, task: Task, items: Sequence[Sized], accept: Accept) -> None:
         distributed = _distributed()
         client = self.client
-        slots = max(1, sum(client.nthreads().values()))
-        window = 2 * slots + 2
+        self.describe()
         run = uuid.uuid4().hex[:12]
         self._alone.clear()
         stop = distributed.Event(f"svdharm-stop-{run}", client=client)
@@ -169,7 +176,8 @@ class DaskExecutor:
             finished.add(future)
 
         def top_up() -> None:
-            while pending and len(inflight) < window:
+            slots = self._threads()  # workers may join (or leave) during the run
+            while pending and len(inflight) < 2 * slots + 2:
                 submit(take_chunk(pending, slots))
 
         try:
@@ -183,7 +191,16 @@ class DaskExecutor:
                 self._stop(stop, inflight, accept)
             raise
         finally:
-            stop.clear()
+            with contextlib.suppress(Exception):  # the scheduler may be gone
+                stop.clear()
+
+    def _threads(self) -> int:
+        """Worker threads the cluster has now, asked at most every 2 seconds."""
+        now = time.monotonic()
+        if now - self._asked >= 2.0:
+            self._asked = now
+            self._slots = max(1, sum(self.client.nthreads().values()))
+        return self._slots
 
     def _collect(
         self, task: Task, future: Any, chunk: list[Any], accept: Accept, submit: Any
