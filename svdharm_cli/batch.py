@@ -71,6 +71,10 @@ class Executor(Protocol):
     remote: bool
     warnings: list[str]
 
+    def worker_path(self, path: Path) -> Path:
+        """``path`` as the workers must be given it (absolute for a cluster's workers, whose
+        working folders are not this process's)."""
+
     def check(self, readable: Sequence[Path], writable: Sequence[Path]) -> None:
         """Refuse with a :class:`~svdharm_cli.errors.UsageError` unless the workers can
         read ``readable`` and write into ``writable`` (folders, at these paths)."""
@@ -111,6 +115,68 @@ def take_chunk(pending: list[Any], slots: int) -> list[Any]:
         total += pending[-1].size
         chunk.append(pending.pop())
     return chunk
+
+
+@dataclass(frozen=True)
+class Rooted:
+    """A unit of work under its own root (fit-reference and compare take several
+    folders), numbered so that results can be put back in input order. ``root`` is where
+    workers read (absolute for a cluster), ``shown`` how the user spelled it: results name
+    files that way, wherever they were read."""
+
+    index: int
+    root: Path
+    unit: Unit
+    shown: Path
+
+    @property
+    def size(self) -> int:
+        return self.unit.size
+
+    def results(
+        self, status: str, reason: str | None = None, seconds: float = 0.0
+    ) -> list[FileResult]:
+        """One result per file of the unit."""
+        return [
+            FileResult(str(self.shown / rel), status, reason, (), seconds, self.unit.volume)
+            for rel in self.unit.files
+        ]
+
+    def lost(self, reason: str) -> list[FileResult]:
+        """The results of a unit whose workers died every time it was tried."""
+        return self.results(FAILED, f"{self.shown / self.unit.files[0]}: {reason}")
+
+
+class Numbered(Protocol):
+    """A payload that says which :class:`Rooted` item it is for, and its files' results."""
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def results(self) -> list[FileResult]: ...
+
+
+def gather(
+    executor: Executor,
+    task: Task,
+    items: Sequence[Rooted],
+    on_result: Callable[[FileResult], None],
+) -> list[Any]:
+    """Run ``task`` on numbered items; return the payloads in input order (whatever order
+    they arrived in), passing each file's result to ``on_result`` as it comes. Raises
+    :class:`Interrupted` when a signal stopped the run."""
+    payloads: dict[int, Numbered] = {}
+
+    def accept(payload: Numbered) -> None:
+        payloads[payload.index] = payload
+        for res in payload.results:
+            on_result(res)
+
+    interrupted = run_tasks(executor, task, items, accept)
+    if interrupted is not None:
+        raise Interrupted(interrupted)
+    return [payloads[i] for i in sorted(payloads)]
 
 
 # -- what harmonize and augment run ------------------------------------------------------
@@ -245,6 +311,9 @@ class LocalPool:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self.warnings: list[str] = []
+
+    def worker_path(self, path: Path) -> Path:
+        return path
 
     def check(self, readable: Sequence[Path], writable: Sequence[Path]) -> None:
         """Nothing to check: the workers are this machine's processes."""

@@ -8,9 +8,10 @@ and ``--version`` return at once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -225,32 +226,26 @@ def fit_reference(
     """
     from svdharm_cli import display, jobs
     from svdharm_cli.bands import DEFAULT_FRACTIONS
-    from svdharm_cli.batch import available_cpus, open_executor
-    from svdharm_cli.safety import Interrupted
 
     fr = _fractions(fractions) or DEFAULT_FRACTIONS
     mode = _mask_mode(mask, mask_dir)
-    try:
-        with (
-            open_executor(workers or available_cpus(), scheduler, scheduler_file) as executor,
-            display.progress("fitting", quiet) as (_, on_result),
-        ):
-            reference, problems, ignored = jobs.fit_reference(
-                refs,
-                fr,
-                max_pixels,
-                on_result,
-                per_slice=per_slice,
-                slice_axis=slice_axis,
-                include=tuple(include or ()),
-                exclude=tuple(exclude or ()),
-                mask=mode,
-                mask_dir=mask_dir,
-                executor=executor,
-            )
-    except Interrupted as exc:
-        display.print_error(f"interrupted by {signal_name(exc.signum)}: no reference written")
-        raise typer.Exit(exc.exit_code) from None
+    with _on_workers("fitting", quiet, workers, scheduler, scheduler_file, "no reference") as (
+        executor,
+        on_result,
+    ):
+        reference, problems, ignored = jobs.fit_reference(
+            refs,
+            fr,
+            max_pixels,
+            on_result,
+            per_slice=per_slice,
+            slice_axis=slice_axis,
+            include=tuple(include or ()),
+            exclude=tuple(exclude or ()),
+            mask=mode,
+            mask_dir=mask_dir,
+            executor=executor,
+        )
     jobs.save_reference(reference, output)
     display.report_failures(problems)
     display.print_line(
@@ -486,32 +481,26 @@ def compare(
     from svdharm_cli import display
     from svdharm_cli.atomic import write_text
     from svdharm_cli.bands import DEFAULT_FRACTIONS
-    from svdharm_cli.batch import available_cpus, open_executor
     from svdharm_cli.compare import compare as run_compare
     from svdharm_cli.compare import render_html
-    from svdharm_cli.safety import Interrupted
 
     mode = _mask_mode(mask, mask_dir)
-    try:
-        with (
-            open_executor(workers or available_cpus(), scheduler, scheduler_file) as executor,
-            display.progress("comparing", quiet) as (_, on_result),
-        ):
-            result = run_compare(
-                groups,
-                _fractions(fractions) or DEFAULT_FRACTIONS,
-                mask=mode,
-                mask_dir=mask_dir,
-                folds=folds,
-                seed=seed,
-                max_pixels=max_pixels,
-                slice_axis=slice_axis,
-                on_result=on_result,
-                executor=executor,
-            )
-    except Interrupted as exc:
-        display.print_error(f"interrupted by {signal_name(exc.signum)}: nothing written")
-        raise typer.Exit(exc.exit_code) from None
+    with _on_workers("comparing", quiet, workers, scheduler, scheduler_file, "nothing") as (
+        executor,
+        on_result,
+    ):
+        result = run_compare(
+            groups,
+            _fractions(fractions) or DEFAULT_FRACTIONS,
+            mask=mode,
+            mask_dir=mask_dir,
+            folds=folds,
+            seed=seed,
+            max_pixels=max_pixels,
+            slice_axis=slice_axis,
+            on_result=on_result,
+            executor=executor,
+        )
     display.report_failures(result.problems)
     if json_path is not None:
         write_text(json_path, json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
@@ -543,6 +532,33 @@ def report(
 
     target = write_report(log, output or log.with_suffix(".html"))
     display.print_line(f"report: {target}", quiet)
+
+
+@contextlib.contextmanager
+def _on_workers(
+    label: str,
+    quiet: bool,
+    workers: Optional[int],
+    scheduler: Optional[str],
+    scheduler_file: Optional[Path],
+    unwritten: str,
+) -> Iterator[tuple[Any, Callable[[Any], None]]]:
+    """The executor (local pool or cluster) and the progress callback of a command that
+    writes its result at the end (fit-reference, compare); a stop there is reported as
+    ``interrupted by SIGINT: <unwritten> written``, exit status 130 or 143."""
+    from svdharm_cli import display
+    from svdharm_cli.batch import available_cpus, open_executor
+    from svdharm_cli.safety import Interrupted
+
+    try:
+        with (
+            open_executor(workers or available_cpus(), scheduler, scheduler_file) as executor,
+            display.progress(label, quiet) as (_, on_result),
+        ):
+            yield executor, on_result
+    except Interrupted as exc:
+        display.print_error(f"interrupted by {exc}: {unwritten} written")
+        raise typer.Exit(exc.exit_code) from None
 
 
 def _mask_mode(mask: MaskMode, mask_dir: Optional[Path]) -> str:
@@ -592,12 +608,6 @@ def _run(
         raise typer.Exit(128 + summary.interrupted)
     if summary.failed:
         raise typer.Exit(1)
-
-
-def signal_name(signum: int) -> str:
-    import signal
-
-    return signal.Signals(signum).name
 
 
 def main() -> None:

@@ -123,6 +123,9 @@ class DaskExecutor:
     def __exit__(self, *exc: object) -> None:
         self.client.close()
 
+    def worker_path(self, path: Path) -> Path:
+        return path.absolute()
+
     def describe(self) -> dict[str, Any]:
         """The cluster as the run found it (asked once: the log is written even when the
         scheduler has gone away since)."""

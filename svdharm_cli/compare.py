@@ -39,13 +39,12 @@ from typing import Any
 import numpy as np
 
 from svdharm_cli import __version__
-from svdharm_cli.batch import Executor, LocalPool, run_tasks
+from svdharm_cli.batch import Executor, LocalPool, Rooted, gather
 from svdharm_cli.errors import ImageError, SkipImage, UsageError
 from svdharm_cli.formats import read_image
 from svdharm_cli.methods import Moments, decompose_channels, pool, slice_moments
 from svdharm_cli.plan import Unit, discover, plan_units
 from svdharm_cli.reference import describe_kind
-from svdharm_cli.safety import Interrupted
 from svdharm_cli.worker import FAILED, OK, SKIPPED, FileResult, unit_masks
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
@@ -154,29 +153,19 @@ def compare(
         if not folder.is_dir():
             raise UsageError(f"group {folder} is not a folder")
     names = group_names(folders)
-    here: Callable[[Path], Path] = Path.absolute if executor.remote else (lambda path: path)
+    here = executor.worker_path
     items: list[Grouped] = []
     for k, folder in enumerate(folders):
         found = discover(folder)
         root = here(found.root)
         masks = None if mask_dir is None else here(mask_dir / names[k])
         for work in plan_units(root, found.images):
-            items.append(Grouped(len(items), k, root, work, found.root, masks))
+            items.append(Grouped(len(items), root, work, found.root, k, masks))
     executor.check(
         sorted({item.root for item in items} | ({here(mask_dir)} if mask_dir else set())), []
     )
     task = SampleUnits(tuple(fractions), mask, max_pixels, slice_axis, seed)
-    outcomes: dict[int, Sampled] = {}
-
-    def accept(payload: Sampled) -> None:
-        outcomes[payload.index] = payload
-        for res in payload.results:
-            on_result(res)
-
-    interrupted = run_tasks(executor, task, items, accept)
-    if interrupted is not None:
-        raise Interrupted(interrupted)
-    ordered = [outcomes[i] for i in sorted(outcomes)]
+    ordered: list[Sampled] = gather(executor, task, items, on_result)
     problems = [r for o in ordered for r in o.results if r.status != OK]
     samples = [o.sample for o in ordered if o.sample is not None]
     if not samples:
@@ -212,20 +201,12 @@ def compare(
 
 
 @dataclass(frozen=True)
-class Grouped:
-    """A unit of work of one group, numbered in input order; read under ``root``, named
-    under ``shown`` (how the user spelled the folder); masks under ``mask_dir``."""
+class Grouped(Rooted):
+    """A unit of work of one group (numbered in input order over all groups), with the
+    folder of its group's masks."""
 
-    index: int
     group: int
-    root: Path
-    unit: Unit
-    shown: Path
     mask_dir: Path | None
-
-    @property
-    def size(self) -> int:
-        return self.unit.size
 
 
 @dataclass(frozen=True)
@@ -250,8 +231,6 @@ class SampleUnits:
     def __call__(
         self, item: Grouped, threads: int, report: Callable[[Any], None], stop: Any = None
     ) -> None:
-        if stop is not None and stop():
-            return
         rng = np.random.default_rng([self.seed, item.index])
         outcome = _sample(
             item.group,
@@ -265,24 +244,13 @@ class SampleUnits:
             rng,
         )
         if isinstance(outcome, Sample):
-            path = _sample_path(item.shown, item.unit)
-            outcome = replace(outcome, path=path)
-            results = [FileResult(str(item.shown / rel), OK) for rel in item.unit.files]
-            report(Sampled(item.index, results, outcome))
-            return
-        results = [
-            FileResult(str(item.shown / rel), outcome[0], outcome[1], (), 0.0, item.unit.volume)
-            for rel in item.unit.files
-        ]
-        report(Sampled(item.index, results, None))
+            named = replace(outcome, path=_sample_path(item.shown, item.unit))
+            report(Sampled(item.index, item.results(OK), named))
+        else:
+            report(Sampled(item.index, item.results(*outcome), None))
 
     def lost(self, item: Grouped, reason: str) -> Sampled:
-        where = item.shown / item.unit.files[0]
-        results = [
-            FileResult(str(item.shown / rel), FAILED, f"{where}: {reason}", volume=item.unit.volume)
-            for rel in item.unit.files
-        ]
-        return Sampled(item.index, results, None)
+        return Sampled(item.index, item.lost(reason), None)
 
 
 def _sample_path(root: Path, unit: Unit) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from svdharm_cli.batch import Rooted
 from svdharm_cli.errors import ImageError, SkipImage
 from svdharm_cli.formats import read_image
 from svdharm_cli.methods import decompose_channels, pool, slice_moments
@@ -77,23 +78,6 @@ def unit_statistics(
 
 
 @dataclass(frozen=True)
-class Rooted:
-    """A unit of work under its own root (fit-reference takes several inputs), numbered
-    so that the reduction keeps input order. ``root`` is where workers read (absolute for a
-    cluster), ``shown`` how the user spelled it: the reference's sources and the results
-    name files that way, wherever they were read."""
-
-    index: int
-    root: Path
-    unit: Unit
-    shown: Path
-
-    @property
-    def size(self) -> int:
-        return self.unit.size
-
-
-@dataclass(frozen=True)
 class Measured:
     """One unit's outcome: a result per file, and its statistics and sources when read."""
 
@@ -121,13 +105,11 @@ class MeasureUnits:
         report: Callable[[Any], None],
         stop: Stop | None = None,
     ) -> None:
-        if stop is not None and stop():
-            return
         start = time.perf_counter()
-        root, unit, shown = item.root, item.unit, item.shown
+        unit, shown = item.unit, item.shown
         try:
             stats, sources = unit_statistics(
-                root,
+                item.root,
                 unit,
                 self.fractions,
                 self.max_pixels,
@@ -143,16 +125,7 @@ class MeasureUnits:
             status = SKIPPED if isinstance(exc, SkipImage) else FAILED
             reason = exc.message
         seconds = (time.perf_counter() - start) / len(unit.files)
-        results = [
-            FileResult(str(shown / rel), status, reason, (), seconds, unit.volume)
-            for rel in unit.files
-        ]
-        report(Measured(item.index, results, stats, sources))
+        report(Measured(item.index, item.results(status, reason, seconds), stats, sources))
 
     def lost(self, item: Rooted, reason: str) -> Measured:
-        where = item.shown / item.unit.files[0]
-        results = [
-            FileResult(str(item.shown / rel), FAILED, f"{where}: {reason}", volume=item.unit.volume)
-            for rel in item.unit.files
-        ]
-        return Measured(item.index, results, [], [])
+        return Measured(item.index, item.lost(reason), [], [])

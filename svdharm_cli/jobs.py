@@ -19,15 +19,15 @@ from typing import Any
 from svdharm_cli import __version__
 from svdharm_cli.atomic import write_text
 from svdharm_cli.bands import DEFAULT_FRACTIONS
-from svdharm_cli.batch import Executor, LocalPool, open_executor, run_tasks, run_units
+from svdharm_cli.batch import Executor, LocalPool, Rooted, gather, open_executor, run_units
 from svdharm_cli.errors import ImageError, ReferenceFileError, SkipImage, UsageError
-from svdharm_cli.fitting import Measured, MeasureUnits, Rooted, sha256_file, unit_statistics
+from svdharm_cli.fitting import Measured, MeasureUnits, sha256_file, unit_statistics
 from svdharm_cli.formats import DEFAULT_MAX_PIXELS, WriteOptions
 from svdharm_cli.methods import DEFAULT_HIGH, DEFAULT_LOW, Method
 from svdharm_cli.plan import Unit, check_roots, discover, plan_units
 from svdharm_cli.reference import Reference
 from svdharm_cli.runlog import LOG_FORMAT, LOG_VERSION, file_record, iso, utc_now, write_log
-from svdharm_cli.safety import Interrupted, OutputLock, sweep_temporaries
+from svdharm_cli.safety import OutputLock, sweep_temporaries
 from svdharm_cli.worker import ALREADY_DONE, FAILED, OK, SKIPPED, FileResult, JobConfig
 
 
@@ -118,27 +118,17 @@ def fit_reference(
             raise UsageError(f"reference input {p} does not exist")
         found = discover(p, include=include, exclude=exclude)
         ignored += len(found.ignored)
-        root = _for_workers(executor)(found.root)
+        root = executor.worker_path(found.root)
         units = plan_units(root, found.images)
         items.extend(Rooted(len(items) + i, root, u, found.root) for i, u in enumerate(units))
     if not items:
         raise UsageError("no PNG, JPEG, TIFF, NIfTI or DICOM images found in the reference inputs")
     if mask_dir is not None:
-        mask_dir = _for_workers(executor)(mask_dir)
+        mask_dir = executor.worker_path(mask_dir)
     readable = {item.root for item in items} | ({mask_dir} if mask_dir is not None else set())
     executor.check(sorted(readable), [])
     task = MeasureUnits(tuple(fractions), max_pixels, per_slice, slice_axis, mask, mask_dir)
-    measured: dict[int, Measured] = {}
-
-    def accept(payload: Measured) -> None:
-        measured[payload.index] = payload
-        for res in payload.results:
-            on_result(res)
-
-    interrupted = run_tasks(executor, task, items, accept)
-    if interrupted is not None:
-        raise Interrupted(interrupted)
-    outcomes = [measured[i] for i in sorted(measured)]
+    outcomes: list[Measured] = gather(executor, task, items, on_result)
     problems = [r for m in outcomes for r in m.results if r.status != OK]
     stats = [s for m in outcomes for s in m.statistics]
     sources = [s for m in outcomes for s in m.sources]
@@ -237,7 +227,7 @@ def run(
         )
         root, rels = found.root, found.images
         units = plan_units(root, rels)
-        here = _for_workers(executor)
+        here = executor.worker_path
         readable = [here(root)] + ([] if request.mask_dir is None else [here(request.mask_dir)])
         executor.check(readable, [here(request.out)])
         previous_failures = _previous_failures(request) if request.skip_existing else None
@@ -323,12 +313,6 @@ def run(
         retried=retried,
         warnings=tuple(warnings),
     )
-
-
-def _for_workers(executor: Executor) -> Callable[[Path], Path]:
-    """How to spell paths for the executor's workers: a cluster's workers resolve paths in
-    their own working folders, so they get absolute ones."""
-    return Path.absolute if executor.remote else (lambda path: path)
 
 
 def _mask_warnings(reference: Reference | None, request: RunRequest) -> list[str]:
