@@ -21,16 +21,27 @@ class Result:
     stderr: str
 
 
-def svdharm(*args: object, cwd: Path | None = None) -> Result:
+def svdharm(*args: object, cwd: Path | None = None, env: dict[str, str] | None = None) -> Result:
     """Run ``python -m svdharm_cli ARGS`` as a user would, output not a terminal."""
     proc = subprocess.run(
         [sys.executable, "-m", "svdharm_cli", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd,
+        env=env,
         timeout=300,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def start_svdharm(*args: object) -> subprocess.Popen[str]:
+    """Start ``python -m svdharm_cli ARGS`` in the background (to signal it mid-run)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "svdharm_cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def only_log(folder: Path) -> dict[str, Any]:

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import only_log, svdharm
+from tests.conftest import only_log, start_svdharm, svdharm
 from tests.images import save, textured
 from tests.volumes import phantom, write_series
 
@@ -135,14 +134,8 @@ def test_scheduler_file_and_environment_variable(cluster: Any, tree: Path, tmp_p
     env = {**os.environ, "DASK_SCHEDULER_ADDRESS": cluster.scheduler_address}
     out2 = tmp_path / "out2"
     args = ["augment", tree / "site0", out2, "--seed", 1]
-    proc = subprocess.run(
-        [sys.executable, "-m", "svdharm_cli", *map(str, args)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
+    result = svdharm(*args, env=env)
+    assert result.code == 0, result.stderr
     assert only_log(out2)["executor"]["kind"] == "dask"
     assert _tree(out) == _tree(out2)
 
@@ -176,15 +169,9 @@ def test_missing_extra_is_a_usage_error(tree: Path, tmp_path: Path) -> None:
     (blocker / "distributed.py").write_text("raise ImportError('no Dask here')\n")
     env = {**os.environ, "PYTHONPATH": str(blocker)}
     args = ["augment", tree / "site0", tmp_path / "out", "--scheduler", "tcp://127.0.0.1:8786"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "svdharm_cli", *map(str, args)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert "svdharm[dask]" in proc.stderr
+    result = svdharm(*args, env=env)
+    assert result.code == 2, result.stderr
+    assert "svdharm[dask]" in result.stderr
 
 
 def test_workers_that_cannot_see_the_paths_are_refused(cluster: Any, tmp_path: Path) -> None:
@@ -216,12 +203,7 @@ def test_killed_worker_loses_and_duplicates_nothing(cluster: Any, tmp_path: Path
     src = _big_tree(tmp_path / "in", 40, 480)
     out = tmp_path / "out"
     args = ["augment", src, out, "--seed", 4, "--scheduler", cluster.scheduler_address]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "svdharm_cli", *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_svdharm(*args)
     _wait_for_outputs(out, 4, proc)
     with distributed.Client(cluster.scheduler_address) as client:
         pids = client.run(os.getpid)
@@ -254,12 +236,7 @@ def test_sigint_on_the_client_leaves_nothing_running(cluster: Any, tmp_path: Pat
         "--scheduler",
         cluster.scheduler_address,
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "svdharm_cli", *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_svdharm(*args)
     _wait_for_outputs(out, 6, proc)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)

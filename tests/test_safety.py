@@ -27,7 +27,7 @@ from svdharm_cli.formats import read_image
 from svdharm_cli.methods import Method
 from svdharm_cli.safety import OutputLock
 from svdharm_cli.worker import FAILED, OK, SKIPPED, JobConfig, process_file
-from tests.conftest import only_log, svdharm
+from tests.conftest import only_log, start_svdharm, svdharm
 from tests.images import save, textured
 
 
@@ -75,12 +75,7 @@ def test_signal_mid_batch_then_resume(
 ) -> None:
     out = tmp_path / "out"
     args = ["augment", big_tree, out, "--seed", 5, "--copies", 2, "--workers", 2]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "svdharm_cli", *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_svdharm(*args)
     deadline = time.monotonic() + 120
     while not list(out.rglob("*_aug1.png")) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -118,12 +113,7 @@ def test_stopped_fit_writes_no_reference(big_tree: Path, tmp_path: Path) -> None
     """fit-reference runs on worker processes too: a stop ends them and writes nothing."""
     target = tmp_path / "reference.json"
     args = ["fit-reference", big_tree, "-o", target, "--workers", 2]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "svdharm_cli", *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_svdharm(*args)
     deadline = time.monotonic() + 60
     while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
