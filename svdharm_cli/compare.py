@@ -41,11 +41,10 @@ import numpy as np
 from svdharm_cli import __version__
 from svdharm_cli.batch import Executor, LocalPool, Rooted, gather
 from svdharm_cli.errors import ImageError, SkipImage, UsageError
-from svdharm_cli.formats import read_image
 from svdharm_cli.methods import Moments, decompose_channels, pool, slice_moments
 from svdharm_cli.plan import Unit, discover, plan_units
 from svdharm_cli.reference import describe_kind
-from svdharm_cli.worker import FAILED, OK, SKIPPED, FileResult, unit_masks
+from svdharm_cli.worker import FAILED, OK, SKIPPED, FileResult, read_unit, unit_masks
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 PIXEL_SAMPLE = 20_000
@@ -159,7 +158,7 @@ def compare(
         found = discover(folder)
         root = here(found.root)
         masks = None if mask_dir is None else here(mask_dir / names[k])
-        for work in plan_units(root, found.images):
+        for work in plan_units(root, found.images, found.dicom):
             items.append(Grouped(len(items), root, work, found.root, k, masks))
     executor.check(
         sorted({item.root for item in items} | ({here(mask_dir)} if mask_dir else set())), []
@@ -270,9 +269,7 @@ def _sample(
 ) -> Sample | tuple[str, str]:
     """One unit's features, or ``(status, reason)`` when it cannot be read."""
     try:
-        images = [read_image(root / rel, max_pixels, slice_axis=slice_axis) for rel in unit.files]
-        if len({(im.unit, im.channel_count) for im in images}) > 1:
-            raise ImageError(f"{root / unit.files[0]}: the files of this series differ in kind")
+        images = read_unit(root, unit, max_pixels, slice_axis)
         masks = unit_masks(images, unit, root, mask, mask_dir, slice_axis)
         moments, values = _slices(
             (

@@ -21,11 +21,19 @@ import numpy as np
 
 from svdharm_cli.batch import Rooted
 from svdharm_cli.errors import ImageError, SkipImage
-from svdharm_cli.formats import read_image
 from svdharm_cli.methods import decompose_channels, pool, slice_moments
 from svdharm_cli.plan import Unit
 from svdharm_cli.reference import Source
-from svdharm_cli.worker import FAILED, OK, SKIPPED, FileResult, Stop, unit_masks, volumes_of
+from svdharm_cli.worker import (
+    FAILED,
+    OK,
+    SKIPPED,
+    FileResult,
+    Stop,
+    read_unit,
+    unit_masks,
+    volumes_of,
+)
 
 Statistics = tuple[str, np.ndarray, np.ndarray]
 """One image's ``(unit, means, stds)``."""
@@ -55,10 +63,7 @@ def unit_statistics(
     A volume counts as one image, its slices pooled (METHOD.md section 3a); each 3-D volume
     of a 4-D NIfTI counts as one; with ``per_slice`` every slice counts as one image.
     """
-    images = [read_image(root / rel, max_pixels, slice_axis=slice_axis) for rel in unit.files]
-    kinds = {(im.unit, im.channel_count) for im in images}
-    if len(kinds) > 1:
-        raise ImageError(f"{root / unit.files[0]}: the files of this series differ in kind")
+    images = read_unit(root, unit, max_pixels, slice_axis)
     moments = []
     masks = unit_masks(images, unit, root, mask, mask_dir, slice_axis)
     for image, volume_mask in zip(images, masks):

@@ -119,7 +119,7 @@ def fit_reference(
         found = discover(p, include=include, exclude=exclude)
         ignored += len(found.ignored)
         root = executor.worker_path(found.root)
-        units = plan_units(root, found.images)
+        units = plan_units(root, found.images, found.dicom)
         items.extend(Rooted(len(items) + i, root, u, found.root) for i, u in enumerate(units))
     if not items:
         raise UsageError("no PNG, JPEG, TIFF, NIfTI or DICOM images found in the reference inputs")
@@ -165,7 +165,7 @@ def load_reference(
                 f"--fractions {list(fractions)} differs from the reference's "
                 f"{list(reference.fractions)}; omit --fractions or refit the reference"
             )
-        kind = "json"
+        kind, digest = "json", sha256_file(path)
     else:
         fr = fractions or DEFAULT_FRACTIONS
         unit = Unit((path.name,), path.name)
@@ -176,12 +176,12 @@ def load_reference(
         except (ImageError, SkipImage) as exc:
             raise ReferenceFileError(f"reference image: {exc.message}") from exc
         reference = Reference.fit(stats, fr, sources)
-        kind = "image"
+        kind, digest = "image", sources[0].sha256  # hashed once, while it was read
     data = reference.to_dict()
     record = {
         "path": str(path),
         "kind": kind,
-        "sha256": sha256_file(path),
+        "sha256": digest,
         "fractions": list(reference.fractions),
         "entries": data["entries"],
         "mask": reference.mask,
@@ -226,7 +226,7 @@ def run(
             include_hidden=request.include_hidden,
         )
         root, rels = found.root, found.images
-        units = plan_units(root, rels)
+        units = plan_units(root, rels, found.dicom)
         here = executor.worker_path
         readable = [here(root)] + ([] if request.mask_dir is None else [here(request.mask_dir)])
         executor.check(readable, [here(request.out)])

@@ -17,7 +17,7 @@ import fnmatch
 import hashlib
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -77,12 +77,14 @@ def check_roots(inp: Path, out: Path) -> None:
 
 @dataclass(frozen=True)
 class Found:
-    """What a walk found: the root, the images (relative POSIX paths, sorted), and the
-    files no format takes (ignored; named in the run log and counted in the summary)."""
+    """What a walk found: the root, the images (relative POSIX paths, sorted), the files
+    no format takes (ignored; named in the run log and counted in the summary), and which
+    images are DICOM (None when not walked: a single file given directly)."""
 
     root: Path
     images: list[str]
     ignored: list[str]
+    dicom: frozenset[str] | None = None
 
 
 def discover(
@@ -105,7 +107,7 @@ def discover(
     if inp.is_file():
         return Found(inp.parent, [inp.name], [])
     skip = {p.resolve() for p in skip_dirs}
-    found, ignored = [], []
+    found, ignored, dicom = [], [], []
     for dirpath, dirnames, filenames in os.walk(inp):
         here = Path(dirpath)
         dirnames[:] = sorted(
@@ -123,21 +125,28 @@ def discover(
                 continue
             if any(fnmatch.fnmatch(rel, g) for g in exclude):
                 continue
-            if handler_for(here / name) is not None:
-                found.append(rel)
-            else:
+            handler = handler_for(here / name)
+            if handler is None:
                 ignored.append(rel)
-    return Found(inp, sorted(found), sorted(ignored))
+                continue
+            found.append(rel)
+            if handler.name == "dicom":
+                dicom.append(rel)
+    return Found(inp, sorted(found), sorted(ignored), frozenset(dicom))
 
 
-def plan_units(root: Path, rels: Sequence[str]) -> list[Unit]:
+def plan_units(root: Path, rels: Sequence[str], dicom: Collection[str] | None = None) -> list[Unit]:
     """Group ``rels`` into units: DICOM series of several files become one unit each, in
     slice order; every other file is a unit of its own. Units come in path order (a series
-    at its first file's place)."""
+    at its first file's place). ``dicom`` names the DICOM files among ``rels`` when the
+    walk already knows (:attr:`Found.dicom`), so that no file is sniffed twice."""
     series: dict[tuple[str, str], list[tuple[str, Any]]] = {}
     singles: list[str] = []
     for rel in rels:
-        header = _series_header(root / rel)
+        if dicom is None:
+            header = _series_header(root / rel)
+        else:
+            header = _series_header(root / rel, known_dicom=True) if rel in dicom else None
         if header is None:
             singles.append(rel)
         else:
@@ -179,12 +188,12 @@ def output_paths(rel: str, method_harmonize: bool, copies: int) -> list[str]:
     return [(p.parent / f"{stem}_aug{j}{suffix}").as_posix() for j in range(copies)]
 
 
-def _series_header(path: Path) -> Any | None:
+def _series_header(path: Path, known_dicom: bool = False) -> Any | None:
     """The grouping attributes of a single-frame DICOM image file, or None for anything
     else (other formats, multi-frame objects, files without pixels or a series)."""
     from svdharm_cli.formats.dicom import DICOM
 
-    if handler_for(path) is not DICOM:
+    if not known_dicom and handler_for(path) is not DICOM:
         return None
     import pydicom
 

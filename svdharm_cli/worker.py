@@ -175,7 +175,9 @@ def process_unit(
         for outs in planned:
             for out_rel in outs:
                 _check_inside(config.out_root, config.out_root / out_rel)
-        images = _read(unit, config)
+        images = read_unit(
+            config.in_root, unit, config.max_pixels, config.slice_axis, config.reference
+        )
         entry = _entry(config.reference, images[0].info, config.in_root / unit.files[0])
         masks = unit_masks(
             images, unit, config.in_root, config.mask, config.mask_dir, config.slice_axis
@@ -211,24 +213,32 @@ def process_unit(
         return results(FAILED, _in_volume(f"{where}: {exc.strerror or exc}", unit))
 
 
-def _read(unit: Unit, config: JobConfig) -> list[Image]:
-    """Read every file of the unit; the files of a series must be of one kind."""
+def read_unit(
+    root: Path,
+    unit: Unit,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    slice_axis: int = 2,
+    reference: Reference | None = None,
+) -> list[Image]:
+    """Read every file of the unit. The files of a series must be of one kind, and with a
+    ``reference`` each must have an entry; both are checked from each file's header,
+    before its pixels are decoded."""
     images: list[Image] = []
     expected: list[ImageInfo] = []
 
     def check(info: ImageInfo) -> None:
-        if config.reference is not None:
-            _entry(config.reference, info, config.in_root / unit.files[len(images)])
+        if reference is not None:
+            _entry(reference, info, root / unit.files[len(images)])
         if expected and (info.unit, info.channels) != (expected[0].unit, expected[0].channels):
             raise ImageError(
-                f"{config.in_root / unit.files[len(images)]}: is "
+                f"{root / unit.files[len(images)]}: is "
                 f"{describe_kind(info.unit, info.channels)} but the series' first file is "
                 f"{describe_kind(expected[0].unit, expected[0].channels)}"
             )
         expected.append(info)
 
     for rel in unit.files:
-        images.append(read_image(config.in_root / rel, config.max_pixels, check, config.slice_axis))
+        images.append(read_image(root / rel, max_pixels, check, slice_axis))
     return images
 
 

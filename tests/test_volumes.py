@@ -425,3 +425,27 @@ def test_kind_mismatch_is_refused_before_pixels_are_decoded(tmp_path: Path, monk
     result = process_file("colour.dcm", config)
     assert result.status == FAILED
     assert "is RGB (3 channels) in normalized units, but the reference" in result.reason
+
+
+def test_series_without_extensions_is_one_volume_sniffed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DICOM files often have no extension: the walk recognizes them by content, and
+    grouping them into a series reuses what the walk found instead of sniffing again."""
+    import svdharm_cli.plan as plan
+
+    src = tmp_path / "in" / "mr"
+    for path in write_series(src, np.rint(phantom(4, 32, 30) * 4095).astype(np.uint16)):
+        path.rename(path.with_suffix(""))
+    sniffed: list[Path] = []
+    real = plan.handler_for
+
+    def counting(path: Path) -> object:
+        sniffed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(plan, "handler_for", counting)
+    found = plan.discover(tmp_path / "in")
+    units = plan.plan_units(found.root, found.images, found.dicom)
+    assert len(sniffed) == 4 and len(set(sniffed)) == 4
+    assert [(u.volume, len(u.files)) for u in units] == [("mr/[series 1]", 4)]
