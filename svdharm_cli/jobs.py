@@ -120,7 +120,8 @@ def fit_reference(
         ignored += len(found.ignored)
         root = executor.worker_path(found.root)
         units = plan_units(root, found.images, found.dicom)
-        items.extend(Rooted(len(items) + i, root, u, found.root) for i, u in enumerate(units))
+        first = len(items)  # items are numbered over all inputs, in input order
+        items.extend(Rooted(first + i, root, u, found.root) for i, u in enumerate(units))
     if not items:
         raise UsageError("no PNG, JPEG, TIFF, NIfTI or DICOM images found in the reference inputs")
     if mask_dir is not None:

@@ -24,6 +24,21 @@ def test_version_and_help() -> None:
         assert result.code == 0 and "Usage" in result.stdout
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_fit_reference_from_several_inputs_uses_every_file(tmp_path: Path, workers: int) -> None:
+    """Folders and files given together: every image is a source, in input order."""
+    for i in range(3):
+        save(tmp_path / "a" / f"a{i}.png", textured(30, 30, seed=i))
+        save(tmp_path / "b" / f"b{i}.png", textured(30, 30, seed=10 + i))
+    save(tmp_path / "c.png", textured(30, 30, seed=20))
+    inputs = [tmp_path / "a", tmp_path / "c.png", tmp_path / "b"]
+    out = tmp_path / "reference.json"
+    result = svdharm("fit-reference", *inputs, "-o", out, "--workers", workers)
+    assert result.code == 0, result.stderr
+    paths = [Path(s["path"]).name for s in json.loads(out.read_text())["sources"]]
+    assert paths == ["a0.png", "a1.png", "a2.png", "c.png", "b0.png", "b1.png", "b2.png"]
+
+
 def test_fit_reference_file(gray_reference: Path) -> None:
     data = json.loads(gray_reference.read_text())
     assert data["format"] == "svdharm-reference" and data["format_version"] == 2
