@@ -345,7 +345,8 @@ class LocalPool:
                 while pending and len(running) < workers:
                     busy = min(workers, len(pending) + len(running))
                     chunk = take_chunk(pending, workers)
-                    running.add(pool.submit(_worker_task, chunk, max(1, cpus // busy)))
+                    with signals_deferred():  # workers start with the stop signals blocked
+                        running.add(pool.submit(_worker_task, chunk, max(1, cpus // busy)))
                 done, running = wait(running, timeout=0.05, return_when=FIRST_COMPLETED)
                 drain()
                 for future in done:

@@ -94,9 +94,11 @@ def signals_deferred(*, drop: bool = False) -> Iterator[None]:
     """Within the block SIGINT and SIGTERM take no effect; they act when it ends.
 
     Two mechanisms, for the two kinds of process: the signals are blocked for this thread
-    (a worker, whose SIGTERM keeps its default action, dies only after the block), and the
+    (a worker, whose SIGTERM keeps its default action, dies only after the block: its
+    other threads never take the signals, see :func:`ignore_signals_in_worker`), and the
     handler of :func:`interruptible` records the signal instead of raising (the parent,
-    where another thread may receive it), raising :class:`Interrupted` at the end. With
+    where another thread may receive it), raising :class:`Interrupted` at the end. A
+    process started within the block starts with the signals blocked. With
     ``drop`` a signal that arrived is forgotten instead: for the clean-up after a stop,
     which a second signal must neither break nor restart.
     """
@@ -128,9 +130,17 @@ def interruptible() -> Iterator[None]:
 
 def ignore_signals_in_worker() -> None:
     """Workers leave SIGINT to the parent (a terminal's Ctrl-C reaches the whole group);
-    the parent then ends them with SIGTERM, which keeps its default, immediate action."""
+    the parent then ends them with SIGTERM, which keeps its default, immediate action.
+
+    Workers are started with both signals blocked (:func:`signals_deferred` around the
+    start), so every thread a library starts in them (BLAS thread pools) keeps them
+    blocked; only the main thread takes them, from here on, and it blocks them while it
+    renames outputs and reports them. (Were a library's thread to take SIGTERM, the
+    worker would die in the middle of that, with outputs on disk that nobody reported.)
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
 
 def sweep_temporaries(out: Path) -> int:

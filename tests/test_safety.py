@@ -131,12 +131,14 @@ def test_stopped_fit_writes_no_reference(big_tree: Path, tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-def test_every_output_after_a_stop_is_logged(tmp_path: Path) -> None:
-    """Small files travel in chunks; a stop in the middle of a chunk must still log every
-    output that reached disk (three stops at different moments)."""
+@pytest.mark.parametrize(("size", "count"), [(200, 240), (24, 1500)])
+def test_every_output_after_a_stop_is_logged(tmp_path: Path, size: int, count: int) -> None:
+    """Small files travel in chunks (the smallest are transformed together); a stop in
+    the middle of a chunk must still log every output that reached disk (three stops at
+    different moments)."""
     src = tmp_path / "in"
-    for i in range(240):
-        save(src / f"im{i:03d}.png", textured(200, 200, seed=i))
+    for i in range(count):
+        save(src / f"im{i:04d}.png", textured(size, size, seed=i))
     for k, delay in enumerate((0.05, 0.3, 0.6)):
         out = tmp_path / f"out{k}"
         args = ["augment", src, out, "--seed", 2, "--copies", 2, "--workers", 2]
@@ -151,7 +153,7 @@ def test_every_output_after_a_stop_is_logged(tmp_path: Path) -> None:
         logged = {o["path"] for r in log["files"] if r["status"] == "ok" for o in r["outputs"]}
         on_disk = set(_tree_bytes(out))
         assert on_disk == logged, (k, sorted(on_disk ^ logged)[:10], log["counts"])
-        assert log["counts"]["ok"] + log["counts"]["not_processed"] == 240
+        assert log["counts"]["ok"] + log["counts"]["not_processed"] == count
         assert code == 130 or (code == 0 and log["status"] == "completed"), (k, code)
 
 
