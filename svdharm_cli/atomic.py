@@ -74,13 +74,24 @@ class Staged:
         for final in self.finals:
             make_folder(final.parent)
         self.temps = [temp_name(final) for final in self.finals]
+        self.renamed = 0
 
     def commit(self) -> None:
-        for tmp, final in zip(self.temps, self.finals):
+        for tmp, final in zip(self.temps[self.renamed :], self.finals[self.renamed :]):
             os.replace(tmp, final)
+            self.renamed += 1
+
+    def undo(self) -> None:
+        """After a failed :meth:`commit`: remove the outputs it had already renamed into
+        place and the temporaries it had not, so that none of the set is left."""
+        for final in self.finals[: self.renamed]:
+            with contextlib.suppress(FileNotFoundError):
+                final.unlink()
+        self.discard()
 
     def discard(self) -> None:
-        for tmp in self.temps:
+        """Remove the temporaries not renamed yet."""
+        for tmp in self.temps[self.renamed :]:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
 

@@ -268,3 +268,51 @@ def decompose(
     v = np.ascontiguousarray(vecs[:, w - k :][:, ::-1])
     p = x @ v
     return Bands(x=x, p=p, v=v, ranks=ranks, transposed=transposed, mask=mask)
+
+
+def components_stack(
+    channels: np.ndarray, fractions: Sequence[float] = DEFAULT_FRACTIONS
+) -> np.ndarray:
+    """The components of many channels of one size at once, formed explicitly.
+
+    For small images (a 28 x 28 channel decomposes in about 0.05 ms), calling
+    :func:`decompose` once per channel costs more in per-call overhead than in arithmetic;
+    here every step is one call over the whole stack (LAPACK still factors each Gram
+    matrix on its own). Each channel's result is exactly what it would be in a stack of
+    one, so the outcome does not depend on which channels were stacked together.
+
+    Parameters
+    ----------
+    channels
+        ``(N, h, w)``, any real dtype (converted to float64, never modified).
+    fractions
+        As for :func:`decompose`.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(N, n_components, h, w)``, coarse to fine; the finest band is the rest,
+        ``X - sum`` of the others, as in :meth:`Bands.components`.
+    """
+    fr = validate_fractions(fractions)
+    x = np.asarray(channels, dtype=np.float64)
+    if x.ndim != 3:
+        raise ValueError(f"a stack of channels must be 3-D, got shape {x.shape}")
+    transposed = x.shape[2] > x.shape[1]
+    if transposed:
+        x = x.transpose(0, 2, 1)
+    x = np.ascontiguousarray(x)
+    count, h, w = x.shape
+    ranks = band_ranks(w, fr)
+    k = ranks[-1]
+    gram = np.matmul(np.ascontiguousarray(x.transpose(0, 2, 1)), x)
+    _, vecs = np.linalg.eigh(gram)
+    v = np.ascontiguousarray(vecs[:, :, w - k :][:, :, ::-1])
+    p = np.matmul(x, v)
+    vt = np.ascontiguousarray(v.transpose(0, 2, 1))
+    out = np.empty((count, len(ranks) + 1, h, w))
+    edges = (0, *ranks)
+    for i, (a, b) in enumerate(zip(edges, edges[1:])):
+        np.matmul(p[:, :, a:b], vt[:, a:b], out=out[:, i])
+    np.subtract(x, out[:, :-1].sum(axis=1), out=out[:, -1])
+    return out.transpose(0, 1, 3, 2) if transposed else out

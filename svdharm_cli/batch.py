@@ -38,7 +38,7 @@ from svdharm_cli.safety import (
     quiet_libraries,
     signals_deferred,
 )
-from svdharm_cli.worker import FAILED, FileResult, JobConfig, Stop, process_unit
+from svdharm_cli.worker import FAILED, FileResult, JobConfig, Stop, process_units
 
 Accept = Callable[[Any], None]
 
@@ -51,11 +51,15 @@ class Sized(Protocol):
 
 
 class Task(Protocol):
-    """What runs on a worker: picklable, the same object for every item of one run."""
+    """What runs on a worker: picklable, the same object for every chunk of one run."""
 
-    def __call__(self, item: Any, threads: int, report: Accept, stop: Stop | None = None) -> None:
-        """Process ``item`` with ``threads`` threads, passing its payload to ``report``
-        once it is final; report nothing when ``stop`` says the run is over."""
+    def __call__(
+        self, items: Sequence[Any], threads: int, report: Accept, stop: Stop | None = None
+    ) -> None:
+        """Process a chunk of items with ``threads`` threads, passing each payload to
+        ``report`` once it is final; ask ``stop`` before each item, and report nothing
+        more once it says the run is over. (A chunk lets a task share work between small
+        items: harmonize and augment transform small images together.)"""
 
     def lost(self, item: Any, reason: str) -> Any:
         """The payload of an item whose worker died every time it was tried."""
@@ -182,15 +186,32 @@ def gather(
 # -- what harmonize and augment run ------------------------------------------------------
 
 
+class OneByOne:
+    """A task whose items are processed one at a time, by its ``one`` method."""
+
+    def __call__(
+        self, items: Sequence[Any], threads: int, report: Accept, stop: Stop | None = None
+    ) -> None:
+        for item in items:
+            if stop is not None and stop():
+                return
+            self.one(item, threads, report, stop)
+
+    def one(self, item: Any, threads: int, report: Accept, stop: Stop | None = None) -> None:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
 class ProcessUnits:
-    """The task of harmonize and augment: :func:`~svdharm_cli.worker.process_unit`; the
-    payload is the unit's list of FileResults."""
+    """The task of harmonize and augment: :func:`~svdharm_cli.worker.process_units`; a
+    payload is a list of FileResults (one unit's, or several small images' at once)."""
 
     config: JobConfig
 
-    def __call__(self, item: Unit, threads: int, report: Accept, stop: Stop | None = None) -> None:
-        process_unit(item, self.config, threads, report, stop)
+    def __call__(
+        self, items: Sequence[Unit], threads: int, report: Accept, stop: Stop | None = None
+    ) -> None:
+        process_units(items, self.config, threads, report, stop)
 
     def lost(self, item: Unit, reason: str) -> list[FileResult]:
         where = self.config.in_root / item.files[0]
@@ -274,8 +295,7 @@ def _worker_task(items: list[Any], threads: int) -> int:
     """Run the task on ``items``; each payload goes to the parent through the result
     queue the moment it is final (not when the whole chunk ends)."""
     set_blas_threads(threads)
-    for item in items:
-        _WORKER["task"](item, threads, _WORKER["results"].put)
+    _WORKER["task"](items, threads, _WORKER["results"].put)
     return len(items)
 
 
@@ -325,9 +345,11 @@ class LocalPool:
         cpus = available_cpus()
         workers = max(1, min(self.workers, len(items)))
         if workers == 1:
-            # One item at a time in this process; a volume's slices share the machine's cores.
-            for item in items:
-                task(item, cpus, accept)
+            # Chunks in this process, as a worker would get them; a volume's slices share
+            # the machine's cores.
+            pending = list(reversed(items))
+            while pending:
+                task(take_chunk(pending, 1), cpus, accept)
             return
         context = multiprocessing.get_context("spawn")
         queue = context.SimpleQueue()

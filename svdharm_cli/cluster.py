@@ -342,10 +342,7 @@ def _run_chunk(task: Task, items: list[Any], stop_name: str) -> list[Any]:
     stop = _StopFlag(stop_name)
     payloads: list[Any] = []
     try:
-        for item in items:
-            if stop():
-                break
-            task(item, threads, payloads.append, stop)
+        task(items, threads, payloads.append, stop)
     except Exception:  # a bug: its text travels, not its frames (they may not pickle)
         raise TaskError(traceback.format_exc()) from None
     return payloads

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from svdharm_cli import __version__
-from svdharm_cli.batch import Executor, LocalPool, Rooted, gather
+from svdharm_cli.batch import Executor, LocalPool, OneByOne, Rooted, gather
 from svdharm_cli.errors import ImageError, SkipImage, UsageError
 from svdharm_cli.methods import Moments, decompose_channels, pool, slice_moments
 from svdharm_cli.plan import Unit, discover, plan_units
@@ -218,7 +218,7 @@ class Sampled:
 
 
 @dataclass(frozen=True)
-class SampleUnits:
+class SampleUnits(OneByOne):
     """The task of compare: the features of each unit (payload :class:`Sampled`)."""
 
     fractions: tuple[float, ...]
@@ -227,7 +227,7 @@ class SampleUnits:
     slice_axis: int
     seed: int
 
-    def __call__(
+    def one(
         self, item: Grouped, threads: int, report: Callable[[Any], None], stop: Any = None
     ) -> None:
         rng = np.random.default_rng([self.seed, item.index])

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from svdharm_cli.batch import Rooted
+from svdharm_cli.batch import OneByOne, Rooted
 from svdharm_cli.errors import ImageError, SkipImage
 from svdharm_cli.methods import decompose_channels, pool, slice_moments
 from svdharm_cli.plan import Unit
@@ -93,7 +93,7 @@ class Measured:
 
 
 @dataclass(frozen=True)
-class MeasureUnits:
+class MeasureUnits(OneByOne):
     """The task of fit-reference: the statistics of each unit (payload :class:`Measured`)."""
 
     fractions: tuple[float, ...]
@@ -103,7 +103,7 @@ class MeasureUnits:
     mask: str = "none"
     mask_dir: Path | None = None
 
-    def __call__(
+    def one(
         self,
         item: Rooted,
         threads: int,

@@ -207,6 +207,40 @@ def transform(
     return out
 
 
+def transform_stack(
+    components: np.ndarray,
+    *,
+    reference: tuple[np.ndarray, np.ndarray] | None = None,
+    coefficients: np.ndarray | None = None,
+) -> np.ndarray:
+    """:func:`transform` for channels decomposed together by
+    :func:`~svdharm_cli.bands.components_stack`, each matched to its own statistics.
+
+    ``components`` is ``(N, n, h, w)``; ``reference`` (means, stds) and ``coefficients``
+    give one row of ``n`` values per channel, ``(N, n)`` each, so channels of different
+    images (and references) can share a stack. Returns float64 ``(N, h, w)``, unclipped.
+    Each channel's result is computed on its own (no sum runs across channels).
+    """
+    if reference is None and coefficients is None:
+        raise ValueError("need a reference, coefficients, or both")
+    count, n = components.shape[:2]
+    flat = components.reshape(count, n, -1)
+    scales = np.ones((count, n)) if coefficients is None else np.array(coefficients, dtype=float)
+    offset = np.zeros(count)
+    if reference is not None:
+        matched = n if coefficients is None else 1
+        m = flat[:, :matched].mean(axis=2)
+        centred = flat[:, :matched] - m[:, :, None]
+        s = np.sqrt(np.einsum("cij,cij->ci", centred, centred) / flat.shape[2])
+        varies = s > ZERO_STD  # a constant component is only shifted (as in transform)
+        ratio = reference[1][:, :matched] / np.where(varies, s, 1.0)
+        scales[:, :matched] = np.where(varies, ratio, 1.0)
+        offset = (reference[0][:, :matched] - scales[:, :matched] * m).sum(axis=1)
+    out = np.einsum("ci,cij->cj", scales, flat)
+    out += offset[:, None]
+    return out.reshape(count, *components.shape[2:])
+
+
 def draw_coefficients(
     seed: int,
     channels: int,

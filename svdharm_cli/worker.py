@@ -29,7 +29,7 @@ from typing import TypeVar
 import numpy as np
 
 from svdharm_cli.atomic import Staged, staged
-from svdharm_cli.bands import Bands
+from svdharm_cli.bands import Bands, components_stack
 from svdharm_cli.errors import ImageError, SkipImage
 from svdharm_cli.formats import (
     DEFAULT_MAX_PIXELS,
@@ -52,6 +52,7 @@ from svdharm_cli.methods import (
     pool,
     slice_moments,
     transform,
+    transform_stack,
 )
 from svdharm_cli.plan import Unit, output_paths
 from svdharm_cli.reference import Entry, Reference, describe_kind
@@ -128,6 +129,69 @@ class Stopped(Exception):
     is abandoned before its outputs reach their final names."""
 
 
+STACK_PIXELS = 64 * 64
+"""Single-image units of at most this many pixels per channel (and no mask) are
+transformed together with the other small images of their chunk
+(:func:`~svdharm_cli.bands.components_stack`): for them, one call per channel costs more
+than the arithmetic. Whether an image is stacked depends only on the image, so outputs do
+not depend on how files were chunked."""
+
+_EXPECTED = (SkipImage, ImageError, np.linalg.LinAlgError, MemoryError, OSError)
+"""What a bad or unwritable file raises; it becomes that file's result, never a crash."""
+
+
+@dataclass
+class _Prepared:
+    """A unit read and checked, ready to be transformed and written."""
+
+    unit: Unit
+    planned: list[list[str]]
+    images: list[Image]
+    masks: list[np.ndarray | None]
+    entry: Entry | None
+    start: float
+    seeds: list[int | None] = field(default_factory=list)
+    coefficients: list[np.ndarray | None] = field(default_factory=list)
+    """Per copy: the output's seed and coefficients (None for harmonize)."""
+
+    @property
+    def foreground(self) -> list[float | None]:
+        return [None if m is None else round(float(m.mean()), 6) for m in self.masks]
+
+    def finals(self, config: JobConfig) -> list[Path]:
+        """Final output paths, copy-major: copy j's are ``[j * files : (j + 1) * files]``."""
+        copies = len(self.planned[0])
+        return [config.out_root / outs[j] for j in range(copies) for outs in self.planned]
+
+    def results(
+        self,
+        status: str,
+        reason: str | None = None,
+        outputs: Sequence[Sequence[OutputRecord]] = (),
+        foreground: Sequence[float | None] | None = None,
+    ) -> list[FileResult]:
+        files = self.unit.files
+        share = (time.perf_counter() - self.start) / len(files)
+        per_file = outputs or [()] * len(files)
+        fg = foreground or [None] * len(files)
+        return [
+            FileResult(rel, status, reason, tuple(out), share, self.unit.volume, f)
+            for rel, out, f in zip(files, per_file, fg)
+        ]
+
+    @property
+    def stackable(self) -> bool:
+        image = self.images[0]
+        _, _, h, w = image.frames.shape
+        return (
+            len(self.images) == 1
+            and image.frame_count == 1
+            and image.volumes == 1
+            and self.masks[0] is None
+            and h * w <= STACK_PIXELS
+        )
+
+
 def process_unit(
     unit: Unit,
     config: JobConfig,
@@ -147,70 +211,196 @@ def process_unit(
     not processed. Local pools end their workers instead; a cluster's workers cannot be
     ended from the client, so its tasks are asked to stop this way.
     """
+    return process_units([unit], config, threads, report, stop)
+
+
+def process_units(
+    units: Sequence[Unit],
+    config: JobConfig,
+    threads: int = 1,
+    report: Report | None = None,
+    stop: Stop | None = None,
+) -> list[FileResult]:
+    """:func:`process_unit` for each of ``units`` (a task's chunk); returns all results.
+
+    Small single images (:data:`STACK_PIXELS`) are read first and transformed together at
+    the end, then written and renamed into place together and reported in one call (still
+    only after their renames, signals held back across both). ``stop`` is asked before
+    each unit.
+    """
+    results: list[FileResult] = []
+    stacked: list[_Prepared] = []
+
+    def tell(done: list[FileResult]) -> None:
+        results.extend(done)
+        if report is not None and done:
+            with signals_deferred():  # never die holding the result queue's lock
+                report(done)
+
+    for unit in units:
+        if stop is not None and stop():
+            return results
+        prepared = _prepare(unit, config, tell)
+        if prepared is None:
+            continue
+        if prepared.stackable:
+            stacked.append(prepared)
+        else:
+            _transform_unit(prepared, config, threads, tell, stop)
+    if stacked:
+        _transform_stacked(stacked, config, tell, stop)
+    return results
+
+
+def _prepare(unit: Unit, config: JobConfig, tell: Report) -> _Prepared | None:
+    """Read and check ``unit``; None when its outcome is already told (done before, or
+    unreadable)."""
     start = time.perf_counter()
     planned = [
         output_paths(rel, config.method is Method.HARMONIZE, config.copies) for rel in unit.files
     ]
-
-    foreground: list[float | None] = [None] * len(unit.files)
-
-    def results(
-        status: str, reason: str | None, outputs: Sequence[Sequence[OutputRecord]] = ()
-    ) -> list[FileResult]:
-        share = (time.perf_counter() - start) / len(unit.files)
-        per_file = outputs or [()] * len(unit.files)
-        done = [
-            FileResult(rel, status, reason, tuple(out), share, unit.volume, fg)
-            for rel, out, fg in zip(unit.files, per_file, foreground)
-        ]
-        if report is not None and status != OK:
-            with signals_deferred():  # never die holding the result queue's lock
-                report(done)
-        return done
-
+    prepared = _Prepared(unit, planned, [], [], None, start)
     first = config.in_root / unit.files[0]
     if config.skip_existing and all((config.out_root / o).exists() for p in planned for o in p):
-        return results(SKIPPED, f"{first}: {ALREADY_DONE}")
+        tell(prepared.results(SKIPPED, f"{first}: {ALREADY_DONE}"))
+        return None
     try:
         for outs in planned:
             for out_rel in outs:
-                _check_inside(config.out_root, config.out_root / out_rel)
-        images = read_unit(
+                _check_inside(config.out_root, out_rel)
+        prepared.images = read_unit(
             config.in_root, unit, config.max_pixels, config.slice_axis, config.reference
         )
-        entry = _entry(config.reference, images[0].info, config.in_root / unit.files[0])
-        masks = unit_masks(
-            images, unit, config.in_root, config.mask, config.mask_dir, config.slice_axis
+        prepared.entry = _entry(config.reference, prepared.images[0].info, first)
+        prepared.masks = unit_masks(
+            prepared.images, unit, config.in_root, config.mask, config.mask_dir, config.slice_axis
         )
-        foreground[:] = [None if m is None else round(float(m.mean()), 6) for m in masks]
-        # Copy-major order: the outputs of copy j are finals[j * files : (j + 1) * files].
-        copies = len(planned[0])
-        finals = [config.out_root / outs[j] for j in range(copies) for outs in planned]
-        with staged(finals) as stage:
-            outputs = _transform_and_write(
-                unit, config, images, masks, entry, planned, threads, stage, stop
-            )
+    except _EXPECTED as exc:
+        tell(prepared.results(*_failure(exc, unit, first)))
+        return None
+    random = config.method is not Method.HARMONIZE
+    for j in range(len(planned[0])):
+        seed = output_seed(_require(config.seed), unit.key, j) if random else None
+        prepared.seeds.append(seed)
+        channels = prepared.images[0].channel_count
+        prepared.coefficients.append(_coefficients(config, seed, channels))
+    return prepared
+
+
+def _failure(exc: BaseException, unit: Unit, first: Path) -> tuple[str, str]:
+    """The status and message of a unit that raised one of :data:`_EXPECTED`."""
+    if isinstance(exc, SkipImage):
+        return SKIPPED, _in_volume(exc.message, unit)
+    if isinstance(exc, ImageError):
+        return FAILED, _in_volume(exc.message, unit)
+    if isinstance(exc, np.linalg.LinAlgError):
+        return FAILED, _in_volume(f"{first}: the decomposition did not converge", unit)
+    if isinstance(exc, MemoryError):
+        return FAILED, _in_volume(f"{first}: not enough memory to process it", unit)
+    assert isinstance(exc, OSError), exc
+    where = exc.filename2 or exc.filename or first  # a failed rename: name its destination
+    return FAILED, _in_volume(f"{where}: {exc.strerror or exc}", unit)
+
+
+def _transform_unit(
+    prepared: _Prepared, config: JobConfig, threads: int, tell: Report, stop: Stop | None
+) -> None:
+    """Transform and write one unit (a volume's slices over ``threads`` threads), rename
+    its outputs into place and tell its results."""
+    unit, first = prepared.unit, config.in_root / prepared.unit.files[0]
+    foreground = prepared.foreground
+    try:
+        with staged(prepared.finals(config)) as stage:
+            outputs = _transform_and_write(prepared, config, threads, stage, stop)
             if stop is not None and stop():
                 raise Stopped
-            done = results(OK, None, outputs)
+            done = prepared.results(OK, None, outputs, foreground)
             with signals_deferred():
-                stage.commit()
-                if report is not None:
-                    report(done)
-        return done
+                try:
+                    stage.commit()
+                except OSError:
+                    stage.undo()
+                    raise
+                tell(done)
     except Stopped:
-        return []
-    except SkipImage as exc:
-        return results(SKIPPED, _in_volume(exc.message, unit))
-    except ImageError as exc:
-        return results(FAILED, _in_volume(exc.message, unit))
-    except np.linalg.LinAlgError:
-        return results(FAILED, _in_volume(f"{first}: the decomposition did not converge", unit))
-    except MemoryError:
-        return results(FAILED, _in_volume(f"{first}: not enough memory to process it", unit))
-    except OSError as exc:
-        where = exc.filename or first
-        return results(FAILED, _in_volume(f"{where}: {exc.strerror or exc}", unit))
+        return
+    except _EXPECTED as exc:
+        tell(prepared.results(*_failure(exc, unit, first), foreground=foreground))
+
+
+def _transform_stacked(
+    group: list[_Prepared], config: JobConfig, tell: Report, stop: Stop | None
+) -> None:
+    """Transform small single images together (one stack per size), write each to its
+    temporaries, then rename them all into place and tell their results in one call."""
+    by_size: dict[tuple[int, ...], list[_Prepared]] = {}
+    for prepared in group:
+        by_size.setdefault(prepared.images[0].frames.shape[2:], []).append(prepared)
+    written: list[tuple[_Prepared, Staged, list[list[OutputRecord]]]] = []
+    failed: list[FileResult] = []
+    try:
+        for same in by_size.values():
+            for prepared, news in zip(same, _stacked_values(same, config)):
+                stage = Staged(prepared.finals(config))
+                try:
+                    outputs = _write_copies(prepared, config, news, stage)
+                except _EXPECTED as exc:
+                    stage.discard()
+                    first = config.in_root / prepared.unit.files[0]
+                    failed.extend(prepared.results(*_failure(exc, prepared.unit, first)))
+                    continue
+                written.append((prepared, stage, outputs))
+        if stop is not None and stop():
+            for _, stage, _ in written:
+                stage.discard()
+            tell(failed)
+            return
+        with signals_deferred():
+            done = failed
+            for prepared, stage, outputs in written:
+                try:
+                    stage.commit()
+                except OSError as exc:
+                    stage.undo()
+                    first = config.in_root / prepared.unit.files[0]
+                    done.extend(prepared.results(*_failure(exc, prepared.unit, first)))
+                else:
+                    done.extend(prepared.results(OK, None, outputs, [None]))
+            tell(done)
+    except BaseException:
+        for _, stage, _ in written:
+            stage.discard()
+        raise
+
+
+def _stacked_values(same: list[_Prepared], config: JobConfig) -> list[list[list[np.ndarray]]]:
+    """New values of single images of one size, ``[image][copy][0]`` shaped like the image's
+    frames, from one :func:`~svdharm_cli.bands.components_stack` over all their channels."""
+    images = [prepared.images[0] for prepared in same]
+    channels = np.concatenate([image.frames[0] for image in images])
+    components = components_stack(channels, config.fractions)
+    reference = None
+    if config.reference is not None:
+        means, stds = [], []
+        for prepared in same:
+            entry = prepared.entry
+            assert entry is not None, "with a reference, every image read has an entry"
+            means.append(entry.mean)
+            stds.append(entry.std)
+        reference = (np.concatenate(means), np.concatenate(stds))
+    copies = len(same[0].planned[0])
+    values: list[list[list[np.ndarray]]] = [[] for _ in same]
+    for j in range(copies):
+        rows = [row for prepared in same if (row := prepared.coefficients[j]) is not None]
+        coefficients = np.concatenate(rows) if rows else None
+        new = transform_stack(components, reference=reference, coefficients=coefficients)
+        at = 0
+        for k, image in enumerate(images):
+            c = image.channel_count
+            dtype = np.float64 if image.unit == RAW else np.float32
+            values[k].append([new[at : at + c][None].astype(dtype)])
+            at += c
+    return values
 
 
 def read_unit(
@@ -257,25 +447,18 @@ def _entry(reference: Reference | None, info: ImageInfo, path: Path) -> Entry | 
 
 
 def _transform_and_write(
-    unit: Unit,
+    prepared: _Prepared,
     config: JobConfig,
-    images: list[Image],
-    masks: list[np.ndarray | None],
-    entry: Entry | None,
-    planned: list[list[str]],
     threads: int,
     stage: Staged,
     stop: Stop | None = None,
 ) -> list[list[OutputRecord]]:
     """Transform every slice and write every copy to the stage's temporaries; return the
     records of each file's outputs. Raises :class:`Stopped` when ``stop`` says so."""
+    images, masks, entry = prepared.images, prepared.masks, prepared.entry
     slices = [(image, f) for image in images for f in range(image.frame_count)]
-    random = config.method is not Method.HARMONIZE
-    copies = len(planned[0])
-    seed = config.seed
-    seeds = [output_seed(_require(seed), unit.key, j) if random else None for j in range(copies)]
-    channels = images[0].channel_count
-    coefficients = [_coefficients(config, s, channels) for s in seeds]
+    copies = len(prepared.planned[0])
+    coefficients = prepared.coefficients
     reference = None if entry is None else (entry.mean, entry.std)
 
     where = {id(image): k for k, image in enumerate(images)}
@@ -339,8 +522,17 @@ def _transform_and_write(
                     new[f][:, outside] = image.frames[f][:, outside]
 
         run(apply, range(len(slices)))
+    return _write_copies(prepared, config, news, stage)
+
+
+def _write_copies(
+    prepared: _Prepared, config: JobConfig, news: list[list[np.ndarray]], stage: Staged
+) -> list[list[OutputRecord]]:
+    """Write ``news[j][k]`` (copy j of the unit's file k) to the stage's temporaries;
+    return the records of each file's outputs."""
+    unit, files = prepared.unit, len(prepared.unit.files)
     outputs: list[list[OutputRecord]] = [[] for _ in unit.files]
-    for j in range(copies):
+    for j, new in enumerate(news):
         context = OutputContext(
             description=config.provenance,
             instance_key=f"{config.provenance}|{unit.key}|{j}",
@@ -348,13 +540,12 @@ def _transform_and_write(
             label=config.label,
             copy=j,
         )
-        files = len(unit.files)
-        temps = stage.temps[j * files : (j + 1) * files]
-        write_images(images, news[j], temps, config.write, context)
-        for k in range(len(unit.files)):
-            outputs[k].append(
-                OutputRecord(planned[k][j], seeds[j], _logged(coefficients[j], config.method))
-            )
+        write_images(
+            prepared.images, new, stage.temps[j * files : (j + 1) * files], config.write, context
+        )
+        logged = _logged(prepared.coefficients[j], config.method)
+        for k in range(files):
+            outputs[k].append(OutputRecord(prepared.planned[k][j], prepared.seeds[j], logged))
     return outputs
 
 
@@ -452,19 +643,20 @@ def _coefficients(config: JobConfig, seed: int | None, channels: int) -> np.ndar
     )
 
 
-def _check_inside(root: Path, target: Path) -> None:
-    """Refuse an output that a symbolic link inside OUT would send elsewhere: no folder
-    between OUT and the output may be a link (one ``lstat`` per folder level, not a full
-    path resolution per file)."""
-    rel = target.relative_to(root)
+def _check_inside(root: Path, rel: str) -> None:
+    """Refuse an output (``rel``, POSIX, under OUT) that a symbolic link inside OUT would
+    send elsewhere: no folder between OUT and the output may be a link (one ``lstat`` per
+    folder level, not a full path resolution per file)."""
     folder = root
-    for part in rel.parts[:-1]:
+    for part in rel.split("/")[:-1]:
         folder = folder / part
         if os.path.islink(folder):
             real = Path(os.path.realpath(folder))
             real_root = Path(os.path.realpath(root))
             if real != real_root and real_root not in real.parents:
-                raise ImageError(f"{target}: would be written outside the output folder ({real})")
+                raise ImageError(
+                    f"{root / rel}: would be written outside the output folder ({real})"
+                )
 
 
 def _logged(coefficients: np.ndarray | None, method: Method) -> list[list[float | None]] | None:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from svdharm_cli.bands import band_ranks, decompose, validate_fractions
+from svdharm_cli.bands import band_ranks, components_stack, decompose, validate_fractions
 from tests import oracle
 from tests.images import textured
 
@@ -105,3 +105,25 @@ def test_property_components_sum_to_input(x: np.ndarray) -> None:
     means, stds = bands.stats
     assert np.isfinite(means).all() and np.isfinite(stds).all() and (stds >= 0).all()
     np.testing.assert_allclose(means.sum(), x.mean(), atol=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(28, 28), (40, 60), (60, 40), (1, 1), (1, 9), (9, 1), (3, 5)])
+def test_stacked_components_match_oracle(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(7)
+    stack = rng.random((5, *shape))
+    comps = components_stack(stack)
+    assert comps.shape == (5, 4, *shape)
+    for x, c in zip(stack, comps):
+        np.testing.assert_allclose(c, oracle.components(x), atol=1e-10)
+        np.testing.assert_allclose(c.sum(axis=0), x, atol=1e-12)
+
+
+def test_stacked_components_do_not_depend_on_the_company() -> None:
+    """A channel's components are the same bits alone or among others (so outputs do not
+    depend on how files were chunked)."""
+    stack = np.stack([textured(30, 44, seed=s)[0] for s in range(7)])
+    together = components_stack(stack, (0.1, 0.3, 0.6))
+    for k in range(7):
+        alone = components_stack(stack[k : k + 1], (0.1, 0.3, 0.6))[0]
+        assert np.array_equal(alone, together[k])
+    np.testing.assert_array_equal(components_stack(stack[2:5], (0.1, 0.3, 0.6)), together[2:5])

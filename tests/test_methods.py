@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from svdharm_cli.bands import components_stack
 from svdharm_cli.methods import (
     Method,
     channel_statistics,
@@ -18,6 +19,7 @@ from svdharm_cli.methods import (
     harmonize_deharmonize,
     output_seed,
     transform,
+    transform_stack,
 )
 from tests import oracle
 from tests.images import textured
@@ -168,3 +170,22 @@ def test_property_outputs_finite_and_in_range(x: np.ndarray, scale: float) -> No
         assert np.isfinite(out).all()
         assert out.min() >= 0.0 and out.max() <= 1.0
     np.testing.assert_allclose(harmonize(x, m, s, clip=False), x, atol=1e-9)
+
+
+def test_stacked_transform_equals_transform() -> None:
+    """The stacked path (small images) gives what transform gives, for each method, with
+    each channel matched to its own statistics and reference row; a constant channel
+    (zero std) is only shifted."""
+    x = np.concatenate([textured(24, 36, seed=30, channels=3), np.full((1, 24, 36), 0.4)])
+    ref_m = np.array([[0.5, 0.0, 0.0, 0.0], [0.4, 0.01, 0, 0], [0.6, 0, 0, 0], [0.3, 0, 0, 0]])
+    ref_s = np.array([[0.1, 0.05, 0.03, 0.02]] * 4) * np.array([[1], [1.5], [0.7], [1]])
+    coef = draw_coefficients(5, 4, 4, 0.7, 1.3, per_channel=True)
+    comps = components_stack(x)
+    for reference, coefficients in (((ref_m, ref_s), None), (None, coef), ((ref_m, ref_s), coef)):
+        expected = transform(
+            decompose_channels(x), reference=reference, coefficients=coefficients, clip=False
+        )
+        got = transform_stack(comps, reference=reference, coefficients=coefficients)
+        np.testing.assert_allclose(got, expected, atol=1e-12)
+    shifted = transform_stack(comps, reference=(ref_m, ref_s))[3]
+    np.testing.assert_allclose(shifted, 0.3, atol=1e-12)

@@ -25,8 +25,17 @@ import svdharm_cli.worker as worker
 from svdharm_cli.errors import ImageError
 from svdharm_cli.formats import read_image
 from svdharm_cli.methods import Method
+from svdharm_cli.plan import Unit
 from svdharm_cli.safety import OutputLock
-from svdharm_cli.worker import FAILED, OK, SKIPPED, JobConfig, process_file
+from svdharm_cli.worker import (
+    FAILED,
+    OK,
+    SKIPPED,
+    JobConfig,
+    process_file,
+    process_unit,
+    process_units,
+)
 from tests.conftest import only_log, start_svdharm, svdharm
 from tests.images import save, textured
 
@@ -385,3 +394,38 @@ def test_property_random_images_of_every_mode(
     assert written.shape == ((h, w) if planes == 1 else (h, w, planes))
     if planes in (2, 4):
         np.testing.assert_array_equal(written[:, :, -1], arr[:, :, -1])
+
+
+def test_small_images_of_a_chunk_match_one_by_one(tmp_path: Path) -> None:
+    """Small images of a chunk are transformed together: each output is the same bytes as
+    when its file is processed alone, and a file that fails (unreadable, or an output that
+    cannot be renamed into place) fails alone, leaving none of its outputs."""
+    src = tmp_path / "in"
+    save(src / "a.png", textured(28, 28, seed=1))
+    save(src / "b.png", textured(40, 30, seed=2, channels=3))
+    save(src / "c.png", textured(28, 28, seed=3), bits=16)
+    save(src / "big.png", textured(80, 90, seed=4))  # over STACK_PIXELS: its own path
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a PNG")
+    save(src / "d.png", textured(28, 28, seed=5))
+    rels = sorted(p.name for p in src.iterdir())
+    units = [Unit((rel,), rel) for rel in rels]
+
+    def config(out: Path) -> JobConfig:
+        return JobConfig(Method.DEHARMONIZE, (0.07, 0.2, 0.5), src, out, copies=2, seed=3)
+
+    alone, together = tmp_path / "alone", tmp_path / "together"
+    for unit in units:
+        process_unit(unit, config(alone))
+    (together / "d_aug1.png").mkdir(parents=True)  # d's second output cannot land
+    reported: list[list] = []
+    results = {r.path: r for r in process_units(units, config(together), report=reported.append)}
+    assert sorted(r.path for batch in reported for r in batch) == rels
+    assert results["broken.png"].status == FAILED
+    assert results["d.png"].status == FAILED and "d_aug1.png" in results["d.png"].reason
+    assert not (together / "d_aug0.png").exists()  # none of a failed file's outputs
+    for rel in ("a.png", "b.png", "c.png", "big.png"):
+        assert results[rel].status == OK
+        for j in range(2):
+            name = f"{Path(rel).stem}_aug{j}.png"
+            assert (together / name).read_bytes() == (alone / name).read_bytes(), name
+    assert not list(together.glob(".*svdharm-tmp"))

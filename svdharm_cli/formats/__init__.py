@@ -241,16 +241,24 @@ def _handlers() -> tuple[FormatHandler, ...]:
     return (PNG, JPEG, TIFF, NIFTI, DICOM)
 
 
+def handler_by_name(name: str) -> FormatHandler | None:
+    """The handler whose extensions ``name`` (a file name) ends with, if any."""
+    lower = name.lower()
+    for handler in _handlers():
+        if lower.endswith(handler.suffixes):
+            return handler
+    return None
+
+
 def handler_for(path: Path) -> FormatHandler | None:
     """The handler that takes ``path``, or None when no format does (the file is ignored).
 
     Known extensions (``.nii.gz`` included) decide without opening the file (walking a tree
     of thousands of files stays cheap); other files are recognized by their first bytes.
     """
-    name = path.name.lower()
-    for handler in _handlers():
-        if any(name.endswith(suffix) for suffix in handler.suffixes):
-            return handler
+    known = handler_by_name(path.name)
+    if known is not None:
+        return known
     try:
         with open(path, "rb") as f:
             head = f.read(HEAD_BYTES)
