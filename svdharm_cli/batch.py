@@ -19,6 +19,7 @@ is dispatched, what finished is collected, and the signal is returned.
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing
 import os
 import signal
@@ -322,8 +323,10 @@ class LocalPool:
     Each task is told how many threads to use: one while every worker is busy (two
     processes each letting BLAS use every core oversubscribe the machine badly), and the
     spare cores' share once fewer items than workers remain (a volume then spreads its
-    slices over them). On a stop the workers are ended at once (they hold signals back
-    while they rename outputs and report them) and what they reported is collected.
+    slices over them). A run starts in this process and starts the workers only once
+    the rest of the batch looks longer than :data:`ALONE_FOR`. On a stop the workers are
+    ended at once (they hold signals back while they rename outputs and report them) and
+    what they reported is collected.
     """
 
     remote = False
@@ -331,6 +334,8 @@ class LocalPool:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self.warnings: list[str] = []
+        self.solo = solo_seconds()
+        self.started = 0
 
     def worker_path(self, path: Path) -> Path:
         return path
@@ -339,18 +344,35 @@ class LocalPool:
         """Nothing to check: the workers are this machine's processes."""
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "local", "workers": self.workers}
+        """Kind, workers asked for, and worker processes started (none for a run that
+        finished in this process)."""
+        return {"kind": "local", "workers": self.workers, "processes": self.started}
 
     def execute(self, task: Task, items: Sequence[Sized], accept: Accept) -> None:
         cpus = available_cpus()
         workers = max(1, min(self.workers, len(items)))
-        if workers == 1:
-            # Chunks in this process, as a worker would get them; a volume's slices share
-            # the machine's cores.
-            pending = list(reversed(items))
-            while pending:
-                task(take_chunk(pending, 1), cpus, accept)
-            return
+        pending = list(reversed(items))
+        # Chunks in this process first, as a worker would get them (a volume's slices
+        # share the machine's cores), for as long as the rest looks short: see SOLO_SECONDS.
+        total = sum(item.size for item in items) or 1
+        done, start = 0, time.monotonic()
+        while pending:
+            elapsed = time.monotonic() - start
+            if workers > 1 and (
+                self.solo <= 0 or (done and elapsed / done * (total - done) > self.solo)
+            ):
+                break
+            chunk = take_chunk(pending, workers)
+            task(chunk, cpus, accept)
+            done += sum(item.size for item in chunk) or 1
+        if pending:
+            self._pool(task, list(reversed(pending)), workers, accept)
+
+    def _pool(self, task: Task, items: Sequence[Sized], workers: int, accept: Accept) -> None:
+        """Run ``task`` on ``items`` in ``workers`` worker processes."""
+        cpus = available_cpus()
+        workers = min(workers, len(items))
+        self.started = workers
         context = multiprocessing.get_context("spawn")
         queue = context.SimpleQueue()
         pool = ProcessPoolExecutor(workers, context, _init_worker, (task, queue))
@@ -380,6 +402,29 @@ class LocalPool:
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+SOLO_SECONDS = 1.0
+"""Seconds of work, projected from the files done so far by their sizes, below which a
+run with several workers finishes in this process without starting any: a worker process
+takes about half a second of a CPU to start (a fresh interpreter importing NumPy and the
+readers), more than it saves on a short batch. Projected longer, the rest goes to the
+workers. The environment variable ``SVDHARM_SOLO_SECONDS`` overrides it (0: start the
+workers at once)."""
+
+
+def solo_seconds() -> float:
+    """:data:`SOLO_SECONDS`, or ``SVDHARM_SOLO_SECONDS`` when set."""
+    text = os.environ.get("SVDHARM_SOLO_SECONDS", "").strip()
+    if not text:
+        return SOLO_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value >= 0:
+        raise UsageError(f"SVDHARM_SOLO_SECONDS={text!r} is not a number of seconds (0 or more)")
+    return value
 
 
 def _terminate(pool: ProcessPoolExecutor, drain: Callable[[], None]) -> None:

@@ -83,7 +83,8 @@ Workers = Annotated[
     Optional[int],
     typer.Option(
         min=1,
-        help="Worker processes of the local pool (with --scheduler, the cluster's workers run).",
+        help="Worker processes of the local pool, at most: a short batch (under a second of "
+        "work) runs in this process alone. With --scheduler, the cluster's workers run.",
         show_default="the CPUs this process may use",
     ),
 ]

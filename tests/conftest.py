@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -12,6 +13,11 @@ from typing import Any
 import pytest
 
 from tests.images import save, textured
+
+# Runs with several workers start them at once (not after a second of work in the main
+# process, the default): tests of several workers must exercise them even on the small
+# trees used here. The tests of the default set this themselves.
+os.environ["SVDHARM_SOLO_SECONDS"] = "0"
 
 
 @dataclass

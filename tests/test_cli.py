@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,51 @@ def test_augment_reproducible_across_worker_counts(gray_tree: Path, tmp_path: Pa
         for log in (log1, log2)
     ]
     assert strip[0] == strip[1]
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and not p.name.startswith(("svdharm-", "."))
+    }
+
+
+def test_short_batch_starts_no_worker_process(gray_tree: Path, tmp_path: Path) -> None:
+    """Starting a worker process costs about half a second of a CPU: a batch that one
+    process finishes sooner than SVDHARM_SOLO_SECONDS (default 1 s) starts none."""
+    runs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        env = {k: v for k, v in os.environ.items() if k != "SVDHARM_SOLO_SECONDS"}
+        result = svdharm("augment", gray_tree, out, "--seed", 4, "--workers", workers, env=env)
+        assert result.code == 0, result.stderr
+        runs[workers] = out
+    assert only_log(runs[2])["executor"] == {"kind": "local", "workers": 2, "processes": 0}
+    assert _tree(runs[2]) == _tree(runs[1])
+    bad = svdharm(
+        "augment", gray_tree, tmp_path / "bad", env={**os.environ, "SVDHARM_SOLO_SECONDS": "x"}
+    )
+    assert bad.code == 2 and "SVDHARM_SOLO_SECONDS='x' is not a number" in bad.stderr
+
+
+def test_longer_batch_moves_to_worker_processes(tmp_path: Path) -> None:
+    """Once the rest of a batch looks longer than SVDHARM_SOLO_SECONDS, the rest goes to
+    the workers: every file is logged once, and the outputs are one worker's."""
+    src = tmp_path / "in"
+    for i in range(30):
+        save(src / f"im{i:02d}.png", textured(160, 160, seed=i))
+    runs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        env = {**os.environ, "SVDHARM_SOLO_SECONDS": "0.05"}
+        result = svdharm("augment", src, out, "--seed", 4, "--workers", workers, env=env)
+        assert result.code == 0, result.stderr
+        runs[workers] = out
+    log = only_log(runs[2])
+    assert log["executor"] == {"kind": "local", "workers": 2, "processes": 2}
+    assert sorted(f["path"] for f in log["files"]) == sorted(p.name for p in src.iterdir())
+    assert _tree(runs[2]) == _tree(runs[1])
 
 
 def test_augment_outputs_replay_from_logged_coefficients(gray_tree: Path, tmp_path: Path) -> None:
