@@ -12,6 +12,12 @@ applied to every slice. Decompositions are kept between the steps while they fit
 :data:`CACHE_BYTES` (a 200-slice 512 x 512 series needs about 400 MiB); slices beyond that are
 decomposed again, so memory stays bounded whatever the volume's size. Slices are spread over
 ``threads`` threads (NumPy's linear algebra releases the GIL), each using one BLAS thread.
+
+A task's chunk goes through :func:`process_units`: small single images (up to
+:data:`STACK_PIXELS` pixels per channel, no mask) are decomposed as one stack, since for
+them one call per channel costs more than the arithmetic (10,000 28 x 28 PNGs: 0.42 ms per
+file against 0.6 ms one by one, in one process); every image's result is the one it gets
+alone, so outputs never depend on how files were chunked.
 """
 
 from __future__ import annotations
