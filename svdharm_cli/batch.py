@@ -184,9 +184,6 @@ def gather(
     return [payloads[i] for i in sorted(payloads)]
 
 
-# -- what harmonize and augment run ------------------------------------------------------
-
-
 class OneByOne:
     """A task whose items are processed one at a time, by its ``one`` method."""
 
@@ -200,6 +197,9 @@ class OneByOne:
 
     def one(self, item: Any, threads: int, report: Accept, stop: Stop | None = None) -> None:
         raise NotImplementedError
+
+
+# -- what harmonize and augment run ------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -324,7 +324,7 @@ class LocalPool:
     processes each letting BLAS use every core oversubscribe the machine badly), and the
     spare cores' share once fewer items than workers remain (a volume then spreads its
     slices over them). A run starts in this process and starts the workers only once
-    the rest of the batch looks longer than :data:`ALONE_FOR`. On a stop the workers are
+    the rest of the batch looks longer than :data:`SOLO_SECONDS`. On a stop the workers are
     ended at once (they hold signals back while they rename outputs and report them) and
     what they reported is collected.
     """
@@ -366,12 +366,12 @@ class LocalPool:
             task(chunk, cpus, accept)
             done += sum(item.size for item in chunk) or 1
         if pending:
-            self._pool(task, list(reversed(pending)), workers, accept)
+            self._pool(task, list(reversed(pending)), min(workers, len(pending)), cpus, accept)
 
-    def _pool(self, task: Task, items: Sequence[Sized], workers: int, accept: Accept) -> None:
+    def _pool(
+        self, task: Task, items: Sequence[Sized], workers: int, cpus: int, accept: Accept
+    ) -> None:
         """Run ``task`` on ``items`` in ``workers`` worker processes."""
-        cpus = available_cpus()
-        workers = min(workers, len(items))
         self.started = workers
         context = multiprocessing.get_context("spawn")
         queue = context.SimpleQueue()

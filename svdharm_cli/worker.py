@@ -185,6 +185,13 @@ class _Prepared:
             for rel, out, f in zip(files, per_file, fg)
         ]
 
+    def failure(
+        self, exc: BaseException, config: JobConfig, foreground: Sequence[float | None] = ()
+    ) -> list[FileResult]:
+        """The results of a unit that raised one of :data:`_EXPECTED`."""
+        first = config.in_root / self.unit.files[0]
+        return self.results(*_failure(exc, self.unit, first), foreground=foreground or None)
+
     @property
     def stackable(self) -> bool:
         image = self.images[0]
@@ -282,7 +289,7 @@ def _prepare(unit: Unit, config: JobConfig, tell: Report) -> _Prepared | None:
             prepared.images, unit, config.in_root, config.mask, config.mask_dir, config.slice_axis
         )
     except _EXPECTED as exc:
-        tell(prepared.results(*_failure(exc, unit, first)))
+        tell(prepared.failure(exc, config))
         return None
     random = config.method is not Method.HARMONIZE
     for j in range(len(planned[0])):
@@ -313,7 +320,6 @@ def _transform_unit(
 ) -> None:
     """Transform and write one unit (a volume's slices over ``threads`` threads), rename
     its outputs into place and tell its results."""
-    unit, first = prepared.unit, config.in_root / prepared.unit.files[0]
     foreground = prepared.foreground
     try:
         with staged(prepared.finals(config)) as stage:
@@ -331,7 +337,7 @@ def _transform_unit(
     except Stopped:
         return
     except _EXPECTED as exc:
-        tell(prepared.results(*_failure(exc, unit, first), foreground=foreground))
+        tell(prepared.failure(exc, config, foreground))
 
 
 def _transform_stacked(
@@ -342,41 +348,37 @@ def _transform_stacked(
     by_size: dict[tuple[int, ...], list[_Prepared]] = {}
     for prepared in group:
         by_size.setdefault(prepared.images[0].frames.shape[2:], []).append(prepared)
+    stages: list[Staged] = []
     written: list[tuple[_Prepared, Staged, list[list[OutputRecord]]]] = []
-    failed: list[FileResult] = []
+    done: list[FileResult] = []
     try:
         for same in by_size.values():
             for prepared, news in zip(same, _stacked_values(same, config)):
                 stage = Staged(prepared.finals(config))
+                stages.append(stage)
                 try:
                     outputs = _write_copies(prepared, config, news, stage)
                 except _EXPECTED as exc:
                     stage.discard()
-                    first = config.in_root / prepared.unit.files[0]
-                    failed.extend(prepared.results(*_failure(exc, prepared.unit, first)))
-                    continue
-                written.append((prepared, stage, outputs))
+                    done.extend(prepared.failure(exc, config))
+                else:
+                    written.append((prepared, stage, outputs))
         if stop is not None and stop():
-            for _, stage, _ in written:
-                stage.discard()
-            tell(failed)
+            tell(done)
             return
         with signals_deferred():
-            done = failed
             for prepared, stage, outputs in written:
                 try:
                     stage.commit()
                 except OSError as exc:
                     stage.undo()
-                    first = config.in_root / prepared.unit.files[0]
-                    done.extend(prepared.results(*_failure(exc, prepared.unit, first)))
+                    done.extend(prepared.failure(exc, config))
                 else:
                     done.extend(prepared.results(OK, None, outputs, [None]))
             tell(done)
-    except BaseException:
-        for _, stage, _ in written:
+    finally:  # what was not renamed into place (a stop, an error) leaves no temporary
+        for stage in stages:
             stage.discard()
-        raise
 
 
 def _stacked_values(same: list[_Prepared], config: JobConfig) -> list[list[list[np.ndarray]]]:
