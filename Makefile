@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.svdharm-installed
 SVDHARM := $(BIN)/svdharm
 
-.PHONY: install demo test lint bench evaluate samples screenshots clean
+.PHONY: install demo test lint bench evaluate fuzz samples screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +42,8 @@ test: install
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check svdharm_cli tests scripts bench examples
-	$(BIN)/ruff format --check svdharm_cli tests scripts bench examples
+	$(BIN)/ruff check svdharm_cli tests scripts bench examples fuzz
+	$(BIN)/ruff format --check svdharm_cli tests scripts bench examples fuzz
 	$(BIN)/mypy svdharm_cli
 
 # Speed and memory against a researcher's baseline, as ratios in one run (not tests).
@@ -53,6 +53,18 @@ bench: install
 # Fidelity of harmonization on images that ship with packages, under simulated site shifts.
 evaluate: install
 	$(BIN)/python bench/fidelity.py
+
+# Coverage-guided fuzzing of the read path (atheris) for FUZZ_SECONDS. A crash ends the
+# campaign (libFuzzer's plain mode; atheris does not survive its fork mode); either way
+# what it found is saved to fuzz/crashes/, which the test suite's damaged corpus includes.
+FUZZ_SECONDS ?= 600
+fuzz: install
+	$(BIN)/python -m pip install --quiet -e '.[fuzz]'
+	$(BIN)/python fuzz/fuzz_read.py --seeds
+	mkdir -p fuzz/findings
+	$(BIN)/python fuzz/fuzz_read.py -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 \
+	  -timeout=20 -artifact_prefix=fuzz/findings/ fuzz/seeds; status=$$?; \
+	  $(BIN)/python fuzz/fuzz_read.py --save; exit $$status
 
 samples: install
 	$(BIN)/python scripts/make_sample_images.py

@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from svdharm_cli.errors import UsageError
+from svdharm_cli.formats import quiet_libraries
 from svdharm_cli.plan import Unit
 from svdharm_cli.safety import (
     Interrupted,
     ignore_signals_in_worker,
     interruptible,
-    quiet_libraries,
     signals_deferred,
 )
 from svdharm_cli.worker import FAILED, FileResult, JobConfig, Stop, process_units
@@ -139,11 +139,17 @@ class Rooted:
         return self.unit.size
 
     def results(
-        self, status: str, reason: str | None = None, seconds: float = 0.0
+        self,
+        status: str,
+        reason: str | None = None,
+        seconds: float = 0.0,
+        error: dict[str, Any] | None = None,
     ) -> list[FileResult]:
         """One result per file of the unit."""
         return [
-            FileResult(str(self.shown / rel), status, reason, (), seconds, self.unit.volume)
+            FileResult(
+                str(self.shown / rel), status, reason, (), seconds, self.unit.volume, error=error
+            )
             for rel in self.unit.files
         ]
 

@@ -43,7 +43,8 @@ from svdharm_cli import __version__
 from svdharm_cli.atomic import forget_folders
 from svdharm_cli.batch import Accept, Sized, Task, available_cpus, set_blas_threads, take_chunk
 from svdharm_cli.errors import UsageError
-from svdharm_cli.safety import quiet_libraries, signals_deferred
+from svdharm_cli.formats import quiet_libraries
+from svdharm_cli.safety import signals_deferred
 
 CONNECT_TIMEOUT = 5.0
 """Seconds to reach the scheduler before giving up (a usage error, exit 2)."""

@@ -40,11 +40,11 @@ import numpy as np
 
 from svdharm_cli import __version__
 from svdharm_cli.batch import Executor, LocalPool, OneByOne, Rooted, gather
-from svdharm_cli.errors import ImageError, SkipImage, UsageError
+from svdharm_cli.errors import UsageError
 from svdharm_cli.methods import Moments, decompose_channels, pool, slice_moments
 from svdharm_cli.plan import Unit, discover, plan_units
 from svdharm_cli.reference import describe_kind
-from svdharm_cli.worker import FAILED, OK, SKIPPED, FileResult, read_unit, unit_masks
+from svdharm_cli.worker import OK, SKIPPED, FileResult, outcome_of, read_unit, unit_masks
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 PIXEL_SAMPLE = 20_000
@@ -280,10 +280,9 @@ def _sample(
             fractions,
             images[0].channel_count,
         )
-    except SkipImage as exc:
-        return SKIPPED, exc.message
-    except ImageError as exc:
-        return FAILED, exc.message
+    except Exception as exc:  # the unit's failure, never the run's (outcome_of)
+        found = outcome_of(exc, unit, root / unit.files[0])
+        return found.status, found.reason
     return sample_from_moments(
         group,
         _sample_path(root, unit),

@@ -20,16 +20,14 @@ from typing import Any
 import numpy as np
 
 from svdharm_cli.batch import OneByOne, Rooted
-from svdharm_cli.errors import ImageError, SkipImage
 from svdharm_cli.methods import decompose_channels, pool, slice_moments
 from svdharm_cli.plan import Unit
 from svdharm_cli.reference import Source
 from svdharm_cli.worker import (
-    FAILED,
     OK,
-    SKIPPED,
     FileResult,
     Stop,
+    outcome_of,
     read_unit,
     unit_masks,
     volumes_of,
@@ -124,13 +122,14 @@ class MeasureUnits(OneByOne):
                 mask_dir=self.mask_dir,
             )
             sources = [replace(s, path=str(shown / rel)) for s, rel in zip(sources, unit.files)]
-            status, reason = OK, None
-        except (ImageError, SkipImage) as exc:
+            status, reason, error = OK, None, None
+        except Exception as exc:  # the unit's failure, never the run's (outcome_of)
             stats, sources = [], []
-            status = SKIPPED if isinstance(exc, SkipImage) else FAILED
-            reason = exc.message
+            found = outcome_of(exc, unit, shown / unit.files[0])
+            status, reason, error = found.status, found.reason, found.error
         seconds = (time.perf_counter() - start) / len(unit.files)
-        report(Measured(item.index, item.results(status, reason, seconds), stats, sources))
+        results = item.results(status, reason, seconds, error)
+        report(Measured(item.index, results, stats, sources))
 
     def lost(self, item: Rooted, reason: str) -> Measured:
         return Measured(item.index, item.lost(reason), [], [])

@@ -16,7 +16,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
-import warnings
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,17 +25,6 @@ from svdharm_cli.atomic import TEMP_MARKER
 from svdharm_cli.errors import UsageError
 from svdharm_cli.formats import handler_by_name, handler_for
 from svdharm_cli.safety import LOCK_NAME
-
-_SERIES_TAGS = (
-    "SeriesInstanceUID",
-    "ImagePositionPatient",
-    "ImageOrientationPatient",
-    "InstanceNumber",
-    "NumberOfFrames",
-    "Rows",
-    "Columns",
-    "SOPInstanceUID",
-)
 
 
 @dataclass(frozen=True)
@@ -195,27 +183,13 @@ def output_paths(rel: str, method_harmonize: bool, copies: int) -> list[str]:
 
 def _series_header(path: Path, known_dicom: bool = False) -> Any | None:
     """The grouping attributes of a single-frame DICOM image file, or None for anything
-    else (other formats, multi-frame objects, files without pixels or a series)."""
-    from svdharm_cli.formats.dicom import DICOM
+    else; read inside the format layer's boundary, so a damaged header never stops the
+    plan (that file is read, and reported, on its own)."""
+    from svdharm_cli.formats.dicom import DICOM, series_header
 
     if not known_dicom and handler_for(path) is not DICOM:
         return None
-    import pydicom
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(
-                path, stop_before_pixels=True, force=True, specific_tags=list(_SERIES_TAGS)
-            )
-            if "SeriesInstanceUID" not in ds or "Rows" not in ds:
-                return None
-            if int(ds.get("NumberOfFrames", 1) or 1) != 1:
-                return None
-            str(ds.SeriesInstanceUID)
-    except (OSError, EOFError, ValueError, TypeError, KeyError, AttributeError):
-        return None  # an unreadable header: the file is read, and reported, on its own
-    return ds
+    return series_header(path)
 
 
 def _is_series(members: list[tuple[str, Any]]) -> bool:

@@ -39,6 +39,7 @@ def file_record(result: FileResult) -> dict[str, Any]:
         "seconds": round(result.seconds, 4),
         "volume": result.volume,
         "foreground": result.foreground,
+        "error": result.error,
     }
 
 

@@ -153,23 +153,3 @@ def sweep_temporaries(out: Path) -> int:
                     os.unlink(os.path.join(dirpath, name))
                     removed += 1
     return removed
-
-
-_QUIETED: list[bool] = []
-
-
-def quiet_libraries() -> None:
-    """Keep imaging libraries from printing header values: pydicom's warnings and log
-    messages quote them (UIDs, names), and svdharm's messages name files only. Readers
-    also silence warnings while they parse; this covers every other place a header is
-    touched, in the parent and in every worker process."""
-    import logging
-    import warnings
-
-    for name in ("pydicom", "nibabel", "tifffile", "PIL"):
-        warnings.filterwarnings("ignore", module=rf"{name}(\.|$)")  # Python drops repeats
-        if not _QUIETED:  # once per process: handlers would pile up
-            logger = logging.getLogger(name)
-            logger.addHandler(logging.NullHandler())
-            logger.propagate = False
-    _QUIETED[:] = [True]

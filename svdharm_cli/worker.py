@@ -30,13 +30,13 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
 from svdharm_cli.atomic import Staged, staged
 from svdharm_cli.bands import Bands, components_stack
-from svdharm_cli.errors import ImageError, SkipImage
+from svdharm_cli.errors import ImageError, SkipImage, SvdharmError, exception_name, exception_record
 from svdharm_cli.formats import (
     DEFAULT_MAX_PIXELS,
     RAW,
@@ -119,6 +119,9 @@ class FileResult:
     seconds: float = 0.0
     volume: str | None = None
     foreground: float | None = None
+    error: dict[str, Any] | None = None
+    """The exception behind a failure (:func:`~svdharm_cli.errors.exception_record`: type
+    and frames, no message), when one was raised; the run log keeps it."""
 
 
 def process_file(rel: str, config: JobConfig) -> FileResult:
@@ -142,8 +145,49 @@ transformed together with the other small images of their chunk
 than the arithmetic. Whether an image is stacked depends only on the image, so outputs do
 not depend on how files were chunked."""
 
-_EXPECTED = (SkipImage, ImageError, np.linalg.LinAlgError, MemoryError, OSError)
-"""What a bad or unwritable file raises; it becomes that file's result, never a crash."""
+INTERNAL = "internal error"
+"""How a failure that no bad input explains (a bug in svdharm) begins its message."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an exception raised while processing a unit means for its files."""
+
+    status: str
+    reason: str
+    error: dict[str, Any] | None = None
+
+
+def outcome_of(exc: Exception, unit: Unit, first: Path) -> Outcome:
+    """The unit's outcome when processing it raised ``exc`` (this is the worker's boundary:
+    every exception becomes the unit's result, none ends the batch).
+
+    A skip or a bad file (:class:`SkipImage`, :class:`ImageError`, raised by the formats
+    or the checks) keeps its message; a decomposition that did not converge, memory
+    exhaustion and OS errors (writing outputs) are named; anything else is a bug in
+    svdharm's own code and says so (``internal error``), its type and frames kept in the
+    log record's ``error`` so that it stays visible without stopping the batch.
+    """
+    error = None if isinstance(exc, SvdharmError) else exception_record(exc)
+    if isinstance(exc, SkipImage):
+        return Outcome(SKIPPED, _in_volume(exc.message, unit))
+    if isinstance(exc, ImageError):
+        return Outcome(FAILED, _in_volume(exc.message, unit), exc.error)
+    if isinstance(exc, SvdharmError):
+        return Outcome(FAILED, _in_volume(exc.message, unit))
+    if isinstance(exc, np.linalg.LinAlgError):
+        message = f"{first}: the decomposition did not converge"
+    elif isinstance(exc, MemoryError):
+        message = f"{first}: not enough memory to process it"
+    elif isinstance(exc, OSError):
+        where = exc.filename2 or exc.filename or first  # a failed rename: its destination
+        message = f"{where}: {exc.strerror or exception_name(exc)}"
+    else:
+        message = (
+            f"{first}: {INTERNAL} ({exception_name(exc)}), a bug in svdharm; the run log's "
+            "record of this file says where it was raised"
+        )
+    return Outcome(FAILED, _in_volume(message, unit), error)
 
 
 @dataclass
@@ -175,22 +219,25 @@ class _Prepared:
         reason: str | None = None,
         outputs: Sequence[Sequence[OutputRecord]] = (),
         foreground: Sequence[float | None] | None = None,
+        error: dict[str, Any] | None = None,
     ) -> list[FileResult]:
         files = self.unit.files
         share = (time.perf_counter() - self.start) / len(files)
         per_file = outputs or [()] * len(files)
         fg = foreground or [None] * len(files)
         return [
-            FileResult(rel, status, reason, tuple(out), share, self.unit.volume, f)
+            FileResult(rel, status, reason, tuple(out), share, self.unit.volume, f, error)
             for rel, out, f in zip(files, per_file, fg)
         ]
 
     def failure(
-        self, exc: BaseException, config: JobConfig, foreground: Sequence[float | None] = ()
+        self, exc: Exception, config: JobConfig, foreground: Sequence[float | None] = ()
     ) -> list[FileResult]:
-        """The results of a unit that raised one of :data:`_EXPECTED`."""
-        first = config.in_root / self.unit.files[0]
-        return self.results(*_failure(exc, self.unit, first), foreground=foreground or None)
+        """The results of a unit that raised ``exc`` (:func:`outcome_of`)."""
+        found = outcome_of(exc, self.unit, config.in_root / self.unit.files[0])
+        return self.results(
+            found.status, found.reason, foreground=foreground or None, error=found.error
+        )
 
     @property
     def stackable(self) -> bool:
@@ -288,31 +335,16 @@ def _prepare(unit: Unit, config: JobConfig, tell: Report) -> _Prepared | None:
         prepared.masks = unit_masks(
             prepared.images, unit, config.in_root, config.mask, config.mask_dir, config.slice_axis
         )
-    except _EXPECTED as exc:
+        random = config.method is not Method.HARMONIZE
+        for j in range(len(planned[0])):
+            seed = output_seed(_require(config.seed), unit.key, j) if random else None
+            prepared.seeds.append(seed)
+            channels = prepared.images[0].channel_count
+            prepared.coefficients.append(_coefficients(config, seed, channels))
+    except Exception as exc:
         tell(prepared.failure(exc, config))
         return None
-    random = config.method is not Method.HARMONIZE
-    for j in range(len(planned[0])):
-        seed = output_seed(_require(config.seed), unit.key, j) if random else None
-        prepared.seeds.append(seed)
-        channels = prepared.images[0].channel_count
-        prepared.coefficients.append(_coefficients(config, seed, channels))
     return prepared
-
-
-def _failure(exc: BaseException, unit: Unit, first: Path) -> tuple[str, str]:
-    """The status and message of a unit that raised one of :data:`_EXPECTED`."""
-    if isinstance(exc, SkipImage):
-        return SKIPPED, _in_volume(exc.message, unit)
-    if isinstance(exc, ImageError):
-        return FAILED, _in_volume(exc.message, unit)
-    if isinstance(exc, np.linalg.LinAlgError):
-        return FAILED, _in_volume(f"{first}: the decomposition did not converge", unit)
-    if isinstance(exc, MemoryError):
-        return FAILED, _in_volume(f"{first}: not enough memory to process it", unit)
-    assert isinstance(exc, OSError), exc
-    where = exc.filename2 or exc.filename or first  # a failed rename: name its destination
-    return FAILED, _in_volume(f"{where}: {exc.strerror or exc}", unit)
 
 
 def _transform_unit(
@@ -336,7 +368,7 @@ def _transform_unit(
                 tell(done)
     except Stopped:
         return
-    except _EXPECTED as exc:
+    except Exception as exc:
         tell(prepared.failure(exc, config, foreground))
 
 
@@ -353,12 +385,18 @@ def _transform_stacked(
     done: list[FileResult] = []
     try:
         for same in by_size.values():
-            for prepared, news in zip(same, _stacked_values(same, config)):
+            try:
+                values = _stacked_values(same, config)
+            except Exception:  # each image alone, so that one cannot fail the others
+                for prepared in same:
+                    _transform_unit(prepared, config, 1, tell, stop)
+                continue
+            for prepared, news in zip(same, values):
                 stage = Staged(prepared.finals(config))
                 stages.append(stage)
                 try:
                     outputs = _write_copies(prepared, config, news, stage)
-                except _EXPECTED as exc:
+                except Exception as exc:
                     stage.discard()
                     done.extend(prepared.failure(exc, config))
                 else:

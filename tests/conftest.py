@@ -77,3 +77,45 @@ def gray_reference(tmp_path: Path) -> Path:
     result = svdharm("fit-reference", refs, "-o", out)
     assert result.code == 0, result.stderr
     return out
+
+
+@pytest.fixture(scope="session")
+def dicom_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    """Every installed DICOM file and svdharm's own generated ones, augmented once for the
+    session: the DICOM tests and the validator test read the same run."""
+    import numpy as np
+    import pydicom
+
+    from tests.dicom_files import copy_installed, make_dicom, radiograph
+
+    root = tmp_path_factory.mktemp("dicom")
+    src = root / "in"
+    copy_installed(src / "installed")
+    own = src / "own"
+    make_dicom(own / "mono1_12bit.dcm", radiograph(), photometric="MONOCHROME1", bits_stored=12)
+    signed = radiograph(bits=16).astype(np.int32) - 32768
+    make_dicom(own / "signed16.dcm", signed.astype(np.int16), bits_stored=16)
+    make_dicom(own / "nf1.dcm", radiograph(seed=3)[None], NumberOfFrames=1)
+    padded = radiograph(seed=4)
+    padded[:10] = 0
+    make_dicom(own / "padded.dcm", padded, PixelPaddingValue=0)
+    series = pydicom.uid.generate_uid(entropy_srcs=["shared series"])
+    for i in range(2):
+        make_dicom(own / f"series_{i}.dcm", radiograph(seed=10 + i), series=series)
+    make_dicom(
+        own / "windowed.dcm",
+        radiograph(seed=5),
+        WindowCenter=2000,
+        WindowWidth=4000,
+        RescaleSlope=1,
+        RescaleIntercept=-1024,
+        SmallestImagePixelValue=0,
+        LargestImagePixelValue=4095,
+        LossyImageCompression="01",
+        LossyImageCompressionRatio=8,
+    )
+    # An extension-less file, found by its DICM marker.
+    (own / "IMG0001").write_bytes((own / "nf1.dcm").read_bytes())
+    out = root / "out"
+    result = svdharm("augment", src, out, "--seed", 9, "--workers", 2)
+    return src, out, {"result": result, "log": only_log(out)}

@@ -17,22 +17,40 @@ Units
   such data has no nominal range, so nothing is saturated.
 
 Readers call ``check`` with an :class:`ImageInfo` taken from the header before any pixel is
-decoded, so that a file that cannot match the reference is refused at once. Library warnings
-raised while reading are silenced here, in one place: they may quote header values.
+decoded, so that a file that cannot match the reference is refused at once.
+
+The boundary with the reading libraries
+---------------------------------------
+Everything that opens or parses an input file goes through :func:`reading`, in this module:
+:func:`read_image` (every format's reader, reference images included), :func:`read_mask` and
+the DICOM series header reader that planning uses. Inside it, *any* exception a library
+raises (``zlib.error`` from a damaged ``.nii.gz``, pydicom's ``BytesLengthException``, a
+``struct.error``, ``NotImplementedError``, ...) becomes an :class:`ImageError` for that one
+file, in plain words that name the file and the format and quote nothing from it, with the
+exception's type and frames kept for the run log
+(:func:`~svdharm_cli.errors.exception_record`). Library warnings are silenced there too, and
+so are the log records of the reading libraries (tifffile, for one, logs damaged tags
+through :mod:`logging`, which prints them when no handler is configured): both may quote
+header values. Writing silences warnings as well (pydicom warns, quoting it, when a damaged
+UID is copied into a derived object). Format modules still raise their own, more precise
+:class:`ImageError` where they know what is wrong; those pass through unchanged. Sniffing
+(:func:`handler_for`) reads bytes only: a ``DICM`` marker at byte 128 wins over any other
+signature, since DICOM allows any preamble (dual DICOM/TIFF files).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from svdharm_cli.errors import ImageError
+from svdharm_cli.errors import ImageError, SvdharmError, exception_name
 
 NORMALIZED = "normalized"
 HU = "HU"
@@ -229,6 +247,10 @@ class FormatHandler(Protocol):
 
 
 HEAD_BYTES = 132
+DICOM_MARKER = b"DICM"
+"""What stands at byte 128 of a DICOM file (PS3.10), after a preamble of any content."""
+
+LABELS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "nifti": "NIfTI", "dicom": "DICOM"}
 
 
 @functools.cache
@@ -264,6 +286,8 @@ def handler_for(path: Path) -> FormatHandler | None:
             head = f.read(HEAD_BYTES)
     except OSError:
         head = b""
+    if head[128:132] == DICOM_MARKER:  # any preamble may precede it, a TIFF header too
+        return handler_named("dicom")
     for handler in _handlers():
         if handler.can_read(path, head):
             return handler
@@ -280,9 +304,64 @@ def read_image(
     handler = handler_for(path)
     if handler is None:
         raise ImageError(f"{path}: not a PNG, JPEG, TIFF, NIfTI or DICOM file")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # library warnings may quote header values
+    with reading(path, handler.name):
         return handler.read(path, max_pixels, check, slice_axis)
+
+
+@contextlib.contextmanager
+def reading(path: Path, format_name: str) -> Iterator[None]:
+    """Run the parsing of ``path`` (a file of format ``format_name``) inside the boundary:
+    any exception but svdharm's own becomes that file's :class:`ImageError`.
+
+    An :class:`OSError` that carries an errno is the file system's (permission denied, a
+    vanished file) and is named as such; every other exception is a damaged or invalid
+    file, named by its type only. :class:`MemoryError` says so. Warnings are silenced.
+    """
+    label = LABELS.get(format_name, format_name)
+    if not _QUIETED:
+        quiet_libraries()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # library warnings may quote header values
+            yield
+    except SvdharmError:
+        raise
+    except MemoryError as exc:
+        raise ImageError.caused_by(f"{path}: not enough memory to read it", exc) from exc
+    except OSError as exc:
+        if exc.errno is not None and exc.strerror:
+            raise ImageError.caused_by(f"{path}: cannot read: {exc.strerror}", exc) from exc
+        raise ImageError.caused_by(_damaged(path, label, exc), exc) from exc
+    except Exception as exc:
+        raise ImageError.caused_by(_damaged(path, label, exc), exc) from exc
+
+
+LIBRARIES = ("pydicom", "nibabel", "tifffile", "PIL", "png", "imageio")
+"""The reading libraries, whose warnings and log records may quote header values."""
+
+_QUIETED: list[bool] = []
+
+
+def quiet_libraries() -> None:
+    """Keep the reading libraries from printing header values: pydicom's warnings and
+    log records quote them (UIDs, names), tifffile logs damaged tags through
+    :mod:`logging` (printed when no handler is configured), and svdharm's messages name
+    files only. :func:`reading` silences warnings while a file is parsed and calls this
+    once per process; the CLI and every worker process call it at start, which covers
+    every other place a header is touched (a DICOM header copied into a derived object)."""
+    import logging
+
+    for name in LIBRARIES:
+        warnings.filterwarnings("ignore", module=rf"{name}(\.|$)")  # Python drops repeats
+        if not _QUIETED:  # once per process: handlers would pile up
+            logger = logging.getLogger(name)
+            logger.addHandler(logging.NullHandler())
+            logger.propagate = False
+    _QUIETED[:] = [True]
+
+
+def _damaged(path: Path, label: str, exc: BaseException) -> str:
+    return f"{path}: cannot read: damaged or not a valid {label} file ({exception_name(exc)})"
 
 
 def handler_named(name: str) -> FormatHandler:
@@ -301,7 +380,9 @@ def write_images(
 ) -> None:
     """Write new values ``(f, c, h, w)`` for each image of one volume in its own format."""
     handler = handler_named(images[0].format)
-    handler.write(images, frames, paths, options, context or OutputContext())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # they may quote header values (a damaged UID)
+        handler.write(images, frames, paths, options, context or OutputContext())
 
 
 def write_image(
@@ -344,32 +425,11 @@ def read_mask(path: Path, slice_axis: int = 2) -> np.ndarray:
     handler = handler_for(path)
     if handler is None:
         raise ImageError(f"{path}: a mask must be a PNG, TIFF, NIfTI or DICOM file")
-    if handler.name == "dicom":
-        import pydicom
-        import pydicom.errors
+    with reading(path, handler.name):
+        if handler.name == "dicom":
+            from svdharm_cli.formats.dicom import read_mask_values
 
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(path, force=True)
-                stored = np.asarray(ds.pixel_array)
-                frames = int(ds.get("NumberOfFrames", 1) or 1)
-                rows, cols = int(ds.Rows), int(ds.Columns)
-        except (
-            pydicom.errors.InvalidDicomError,
-            OSError,
-            EOFError,
-            ValueError,
-            TypeError,
-            KeyError,
-            AttributeError,
-            RuntimeError,
-            NotImplementedError,
-        ) as exc:
-            raise ImageError(f"{path}: cannot read the mask: {type(exc).__name__}") from exc
-        return np.asarray(stored.reshape(frames, rows, cols, -1).any(axis=3), dtype=bool)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+            return read_mask_values(path)
         image = handler.read(path, DEFAULT_MAX_PIXELS, no_check, slice_axis)
     values = image.frames
     if image.meta.get("photometric") == "MINISWHITE":

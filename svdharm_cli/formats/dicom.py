@@ -21,9 +21,16 @@ own rescale, are rounded, and clipped to the BitsStored range (the saturation st
 equal to Pixel Padding Value (or in its range with Pixel Padding Range Limit) are left out of
 the statistics and written back unchanged.
 
-Skipped with a reason: no pixel data (SR, RT Plan, RT Structure Set, waveforms, DICOMDIR),
-PALETTE COLOR (values are indices), 1-bit data (segmentation labels), data of more than 16
-bits allocated and RT Dose grids (not intensities).
+Skipped with a reason: objects that carry no image by nature (a known SOP class that is not
+an image storage class and no image attributes: SR, RT Plan, RT Structure Set, waveforms,
+DICOMDIR, presentation states), PALETTE COLOR (values are indices), 1-bit data (segmentation
+labels), data of more than 16 bits allocated and RT Dose grids (not intensities).
+
+Damaged is not pixel-less: an object of an image storage SOP class, or one with Rows,
+Columns or Bits Allocated, whose Pixel Data is missing, or (uncompressed) shorter than its
+header says, *fails* ("pixel data missing or truncated"), as does an object without pixels
+whose SOP class is unknown or damaged. A SOP class is only ever named by its standard name;
+an unknown one is "an unknown SOP class", never quoted.
 
 Writing
 -------
@@ -33,7 +40,14 @@ count, BitsAllocated/Stored, HighBit and PixelRepresentation; every attribute ke
 - new SOP Instance UID (also in the file meta) and a new Series Instance UID shared by the
   outputs of one source series in a run, both derived deterministically from the source
   UIDs and the run's parameters (copy index included), so reruns are byte-identical;
-- ImageType values 1-2 become DERIVED\\SECONDARY; a Derivation Description names svdharm,
+- ImageType values 1-2 become DERIVED\\SECONDARY (PS3.3 C.7.6.1.1.2); in enhanced
+  (multi-frame functional group) objects, whose Image Type value 2 may only be PRIMARY
+  (C.8.16.1), ImageType and every Frame Type (shared and per frame, whatever its frame type
+  sequence: MR, CT, PET, ...) become DERIVED\\PRIMARY with values 3 and 4 kept, and the MR
+  Pulse Sequence Module and Bulk Motion Synchronization attributes that are conditional on
+  Image Type value 1 being ORIGINAL or MIXED are removed (the standard makes them optional
+  for a derived image, dciodvfy rejects them, and the source, referenced below, keeps them);
+  a Derivation Description names svdharm,
   the method and its parameters; a Source Image Sequence references the input (code 121322);
   a Contributing Equipment Sequence item names svdharm and its version; svdharm's
   implementation UID and name go in the file meta;
@@ -49,7 +63,10 @@ count, BitsAllocated/Stored, HighBit and PixelRepresentation; every attribute ke
 - photometric interpretation is what the pixels are: RGB with Planar Configuration 0 for
   decoded YBR input, MONOCHROME1 kept as MONOCHROME1.
 
-No header value is ever put in a message or log: messages name the file and the problem.
+No header value is ever put in a message or log: messages name the file and the problem,
+in svdharm's own words; a library's message (which may quote the damaged bytes) never is.
+Exceptions raised by pydicom while parsing are turned into the file's failure here or, for
+anything unforeseen, by :func:`svdharm_cli.formats.reading`.
 """
 
 from __future__ import annotations
@@ -64,9 +81,10 @@ from typing import Any
 import numpy as np
 
 from svdharm_cli import __version__
-from svdharm_cli.errors import ImageError, SkipImage
+from svdharm_cli.errors import ImageError, SkipImage, SvdharmError, exception_name
 from svdharm_cli.formats import (
     DEFAULT_MAX_PIXELS,
+    DICOM_MARKER,
     HEAD_BYTES,
     HU,
     NORMALIZED,
@@ -104,6 +122,34 @@ PROCESSED = {
     "YBR_RCT",
     "YBR_PARTIAL_420",
 }
+ORIGINAL_ONLY = (
+    # MR Pulse Sequence Module (PS3.3 C.8.13.4): Type 1C, required if Image Type value 1 is
+    # ORIGINAL or MIXED.
+    "PulseSequenceName",
+    "MRAcquisitionType",
+    "EchoPulseSequence",
+    "MultipleSpinEcho",
+    "MultiPlanarExcitation",
+    "PhaseContrast",
+    "VelocityEncodingAcquisitionSequence",
+    "TimeOfFlightContrast",
+    "ArterialSpinLabelingContrast",
+    "SteadyStatePulseSequence",
+    "EchoPlanarPulseSequence",
+    "SaturationRecovery",
+    "SpectrallySelectedSuppression",
+    "OversamplingPhase",
+    "GeometryOfKSpaceTraversal",
+    "RectilinearPhaseEncodeReordering",
+    "SegmentedKSpaceTraversal",
+    "CoverageOfKSpace",
+    "NumberOfKSpaceTrajectories",
+    # Bulk Motion Synchronization Module (C.7.6.18.3): the same condition.
+    "BulkMotionCompensationTechnique",
+    "BulkMotionSignalSource",
+)
+"""Attributes of an enhanced MR image that describe an ORIGINAL acquisition: removed from
+a derived one."""
 STALE = (
     "VOILUTSequence",
     "SmallestImagePixelValue",
@@ -120,7 +166,7 @@ class _Dicom:
     suffixes = SUFFIXES
 
     def can_read(self, path: Path, head: bytes) -> bool:
-        return path.suffix.lower() in SUFFIXES or head[128:132] == b"DICM"
+        return path.suffix.lower() in SUFFIXES or head[128:132] == DICOM_MARKER
 
     def read(
         self,
@@ -134,6 +180,9 @@ class _Dicom:
         check_pixels(path, cols, rows * frames, max_pixels)
         unit = unit_of(ds)
         check(ImageInfo(samples, unit, frames))
+        # Uncompressed YBR_FULL_422 stores two samples per pixel (chroma shared by two).
+        stored_samples = 2 if str(ds.PhotometricInterpretation) == "YBR_FULL_422" else samples
+        _check_length(path, ds, rows * cols * frames * stored_samples)
         stored = _decode(path, ds).reshape(frames, rows, cols, samples)
         bits, signed = int(ds.BitsStored), int(ds.get("PixelRepresentation", 0)) == 1
         # Native byte order: a big-endian file's array must not be written out as it is.
@@ -230,9 +279,10 @@ class _Dicom:
                     path, ds, enforce_file_format=True, implicit_vr=False, little_endian=True
                 )
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
-            raise ImageError(
+            raise ImageError.caused_by(
                 f"{image.meta['source']}: cannot write the derived DICOM (an attribute cannot be "
-                f"encoded): {_first_line(exc)}"
+                f"encoded: {exception_name(exc)})",
+                exc,
             ) from exc
 
 
@@ -241,48 +291,78 @@ DICOM = _Dicom()
 
 def _dataset(path: Path) -> Any:
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
+    with open(path, "rb") as f:  # an OSError is the file system's: the boundary names it
+        head = f.read(HEAD_BYTES)
+    marked = head[128:132] == DICOM_MARKER
     try:
-        with open(path, "rb") as f:
-            head = f.read(HEAD_BYTES)
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot open: {exc.strerror or exc}") from exc
-    marked = head[128:132] == b"DICM"
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            ds = pydicom.dcmread(path, force=not marked)
-    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, OSError) as exc:
-        raise ImageError(f"{path}: malformed DICOM header: {_first_line(exc)}") from exc
+        ds = pydicom.dcmread(path, force=not marked)
+    except Exception as exc:  # any parser error: the header is damaged
+        raise ImageError.caused_by(
+            f"{path}: malformed DICOM header ({exception_name(exc)})", exc
+        ) from exc
     if len(ds) == 0:
-        cause = _first_line(caught[0].message) if caught else "no data set after the file meta"
-        raise ImageError(f"{path}: truncated or malformed DICOM file: {cause}")
+        raise ImageError(f"{path}: truncated or malformed DICOM file (no data set after the meta)")
     if not marked and "SOPClassUID" not in ds and "PixelData" not in ds:
         raise ImageError(f"{path}: not a valid DICOM file")
     try:
-        # Convert every element now (each gets its VR), so copies of the header can be
-        # written in explicit VR and malformed values are found while reading.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for _ in ds.iterall():
-                pass
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
-        raise ImageError(f"{path}: malformed DICOM header: {_first_line(exc)}") from exc
+        # Convert every element now (each gets its VR), the file meta's too, so copies of
+        # the header can be written in explicit VR and malformed values are found while
+        # reading, not while writing the derived object.
+        for _ in ds.iterall():
+            pass
+        for _ in getattr(ds, "file_meta", None) or ():
+            pass
+    except Exception as exc:
+        raise ImageError.caused_by(
+            f"{path}: malformed DICOM header ({exception_name(exc)})", exc
+        ) from exc
     return ds
+
+
+def _sop_class(ds: Any) -> str:
+    """The SOP Class UID, else the file meta's Media Storage SOP Class UID (DICOMDIR)."""
+    sop = ds.get("SOPClassUID")
+    if sop is None:
+        sop = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+    return str(sop or "")
+
+
+def _sop_name(uid: str) -> str | None:
+    """The standard name of a SOP class UID, or None when it is not one the standard
+    defines (unknown, private or damaged): such a UID is never quoted."""
+    from pydicom.uid import UID
+
+    name = UID(uid).name if uid else ""
+    return None if not uid or name == uid else name
+
+
+def _is_image_class(name: str) -> bool:
+    """Whether a SOP class (by standard name) carries an image by definition."""
+    return "Image Storage" in name or name.endswith(("Volume Storage", "Segmentation Storage"))
+
+
+def _no_pixels(path: Path, ds: Any) -> SvdharmError:
+    """What an object without Pixel Data is: skipped only when it carries no image by
+    nature (a known non-image SOP class, no image attributes); otherwise failed."""
+    name = _sop_name(_sop_class(ds))
+    if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+        return SkipImage(f"{path}: floating-point pixel data ({name or 'an unknown SOP class'})")
+    image_attributes = any(k in ds for k in ("Rows", "Columns", "BitsAllocated"))
+    if name is None:
+        return ImageError(
+            f"{path}: no pixel data and an unknown SOP class (damaged, or not an image object)"
+        )
+    if _is_image_class(name) or image_attributes:
+        return ImageError(f"{path}: pixel data missing or truncated ({name})")
+    return SkipImage(f"{path}: no pixel data ({name}: carries no image)")
 
 
 def _geometry(path: Path, ds: Any) -> tuple[int, int, int, int]:
     """Rows, columns, frames, samples; skip what holds no intensities."""
-    from pydicom.uid import UID
-
-    sop = str(ds.get("SOPClassUID", ""))
     if "PixelData" not in ds:
-        floats = "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
-        kind = "floating-point pixel data" if floats else "no pixel data"
-        what = UID(sop).name if sop else "no SOP class"
-        raise SkipImage(f"{path}: {kind} ({what})")
-    if sop == RT_DOSE:
+        raise _no_pixels(path, ds)
+    if _sop_class(ds) == RT_DOSE:
         raise SkipImage(f"{path}: RT Dose grid (dose values, not intensities)")
     try:
         pi = str(ds.PhotometricInterpretation)
@@ -294,37 +374,111 @@ def _geometry(path: Path, ds: Any) -> tuple[int, int, int, int]:
         missing = getattr(exc, "name", None) or "a required image attribute"
         raise ImageError(f"{path}: missing {missing}") from exc
     except (ValueError, TypeError) as exc:
-        raise ImageError(f"{path}: malformed image attributes: {_first_line(exc)}") from exc
+        raise ImageError.caused_by(f"{path}: malformed image attributes", exc) from exc
     if pi == "PALETTE COLOR":
         raise SkipImage(f"{path}: PALETTE COLOR (pixel values are colour-table indices)")
     if allocated == 1:
         raise SkipImage(f"{path}: 1-bit data (segmentation labels, not intensities)")
-    if allocated > 16:
+    if allocated in (32, 64):
         raise SkipImage(f"{path}: {allocated}-bit data (not supported; up to 16 bits)")
     if pi not in PROCESSED:
-        raise ImageError(f"{path}: unsupported photometric interpretation {pi}")
-    if not 1 <= stored_bits <= allocated or samples not in (1, 3) or frames < 1:
-        raise ImageError(f"{path}: inconsistent image attributes (bits, samples or frames)")
+        raise ImageError(f"{path}: unsupported photometric interpretation")
+    if allocated not in (8, 16) or not 1 <= stored_bits <= allocated:
+        raise ImageError(f"{path}: inconsistent image attributes (bits allocated or stored)")
+    if samples not in (1, 3) or frames < 1 or rows < 1 or cols < 1:
+        raise ImageError(f"{path}: inconsistent image attributes (size, samples or frames)")
     return rows, cols, frames, samples
 
 
+def _check_length(path: Path, ds: Any, samples: int) -> None:
+    """Uncompressed Pixel Data shorter than its header says: the file is truncated."""
+    from pydicom.uid import UID
+
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or UID(str(syntax)).is_encapsulated:
+        return
+    expected = samples * (int(ds.BitsAllocated) // 8)
+    found = len(ds.PixelData or b"")
+    if found < expected:
+        raise ImageError(
+            f"{path}: pixel data missing or truncated ({found:,} of {expected:,} bytes)"
+        )
+
+
 def _decode(path: Path, ds: Any) -> np.ndarray:
+    from pydicom.uid import UID
+
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            arr = ds.pixel_array
-    except (
-        ValueError,
-        RuntimeError,
-        NotImplementedError,
-        AttributeError,
-        TypeError,
-        KeyError,
-    ) as exc:
+        arr = ds.pixel_array
+    except Exception as exc:  # a decoder's message may quote the data: say it ourselves
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        name = getattr(syntax, "name", "unknown transfer syntax")
-        raise ImageError(f"{path}: cannot decode pixel data ({name}): {_message(exc)}") from exc
+        uid = UID(str(syntax or ""))
+        name = uid.name if uid and uid.name != str(uid) else "an unknown transfer syntax"
+        if _decoder_missing(uid):
+            why = "no installed decoder handles it"
+        else:
+            why = "the pixel data is damaged or truncated"
+        message = f"{path}: cannot decode pixel data ({name}): {why}"
+        raise ImageError.caused_by(message, exc) from exc
     return np.asarray(arr)
+
+
+def _decoder_missing(uid: Any) -> bool:
+    from pydicom.pixels import get_decoder
+
+    try:
+        return not get_decoder(uid).is_available
+    except Exception:  # no decoder exists for this transfer syntax
+        return True
+
+
+def read_mask_values(path: Path) -> np.ndarray:
+    """A DICOM mask (any bit depth, 1-bit segmentations included) as bool ``(f, h, w)``:
+    True where any sample is nonzero. Runs inside :func:`svdharm_cli.formats.reading`."""
+    ds = _dataset(path)
+    if "PixelData" not in ds:
+        raise ImageError(f"{path}: the mask has no pixel data")
+    stored = _decode(path, ds)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    return np.asarray(stored.reshape(frames, rows, cols, -1).any(axis=3), dtype=bool)
+
+
+_SERIES_TAGS = (
+    "SeriesInstanceUID",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "InstanceNumber",
+    "NumberOfFrames",
+    "Rows",
+    "Columns",
+    "SOPInstanceUID",
+)
+
+
+def series_header(path: Path) -> Any | None:
+    """The attributes that group a single-frame DICOM image file into a series, or None
+    for anything else (multi-frame objects, files without pixels or a series, and files
+    whose header cannot be read: those are read, and reported, on their own)."""
+    import pydicom
+
+    from svdharm_cli.formats import reading
+
+    try:
+        with reading(path, "dicom"):
+            ds = pydicom.dcmread(
+                path, stop_before_pixels=True, force=True, specific_tags=list(_SERIES_TAGS)
+            )
+            if "SeriesInstanceUID" not in ds or "Rows" not in ds:
+                return None
+            if int(ds.get("NumberOfFrames", 1) or 1) != 1:
+                return None
+            str(ds.SeriesInstanceUID)
+            for keyword in _SERIES_TAGS:  # every value parses now, not while grouping
+                ds.get(keyword)
+    except ImageError:
+        return None
+    return ds
 
 
 def unit_of(ds: Any) -> str:
@@ -359,7 +513,7 @@ def rescale_of(path: Path, ds: Any, frames: int) -> tuple[np.ndarray, np.ndarray
         if per_frame and len(per_frame) == frames:
             values = [pair(group(item)) or default for item in per_frame]
     except (ValueError, TypeError, AttributeError) as exc:
-        raise ImageError(f"{path}: malformed Rescale Slope/Intercept: {_first_line(exc)}") from exc
+        raise ImageError.caused_by(f"{path}: malformed Rescale Slope/Intercept", exc) from exc
     arr = np.asarray(values, dtype=np.float64)
     if not np.isfinite(arr).all() or (arr[:, 0] == 0).any():
         raise ImageError(f"{path}: Rescale Slope must be a finite non-zero number")
@@ -466,8 +620,7 @@ def _provenance(ds: Any, src: Any, context: OutputContext, lossy_syntax: str | N
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
-    image_type = list(src.get("ImageType", []) or [])
-    ds.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]
+    _derived_type(ds, src)
     ds.DerivationDescription = context.description[:1024]
     ref = Dataset()
     if "SOPClassUID" in src:
@@ -487,6 +640,37 @@ def _provenance(ds: Any, src: Any, context: OutputContext, lossy_syntax: str | N
         ds.LossyImageCompression = "01"
         if lossy_syntax and "LossyImageCompressionMethod" not in src:
             ds.LossyImageCompressionMethod = lossy_syntax
+
+
+def _is_enhanced(ds: Any) -> bool:
+    """Whether an object is of an enhanced (multi-frame functional group) IOD, whose Image
+    Type follows PS3.3 C.8.16.1: by its SOP class (Enhanced CT, MR, MR Color, PET, XA, XRF,
+    US Volume, Legacy Converted Enhanced CT/MR/PET), or by carrying functional groups."""
+    name = _sop_name(_sop_class(ds)) or ""
+    if "Enhanced" in name:
+        return True
+    return "SharedFunctionalGroupsSequence" in ds or "PerFrameFunctionalGroupsSequence" in ds
+
+
+def _derived_type(ds: Any, src: Any) -> None:
+    """Image Type (and every Frame Type) of the derived object."""
+    image_type = [str(v) for v in (src.get("ImageType", []) or [])]
+    if not _is_enhanced(src):
+        ds.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]
+        return
+    ds.ImageType = ["DERIVED", "PRIMARY", *image_type[2:4]]
+    for group in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        for item in ds.get(group, []) or []:
+            for element in item:
+                if element.VR != "SQ":
+                    continue
+                for macro in element.value:  # a frame type sequence, whichever modality's
+                    if "FrameType" in macro:
+                        values = [str(v) for v in (macro.FrameType or [])]
+                        macro.FrameType = ["DERIVED", "PRIMARY", *values[2:4]]
+    for keyword in ORIGINAL_ONLY:
+        if keyword in ds:
+            delattr(ds, keyword)
 
 
 def _fix_stale(ds: Any, window: tuple[str, str] | None) -> None:
@@ -516,13 +700,3 @@ def _ds_value(x: float) -> str:
     """A Decimal String of at most 16 characters."""
     text = f"{x:.6g}"
     return text if len(text) <= 16 else f"{x:.8e}"
-
-
-def _first_line(exc: BaseException | Warning | str) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def _message(exc: BaseException) -> str:
-    """pydicom's decoder message, joined on one line (it names missing plugins)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return " ".join(lines) or type(exc).__name__

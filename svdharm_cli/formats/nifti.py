@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from svdharm_cli.errors import ImageError
+from svdharm_cli.errors import ImageError, exception_name
 from svdharm_cli.formats import (
     DEFAULT_MAX_PIXELS,
     RAW,
@@ -64,7 +64,10 @@ class _Nifti:
         try:
             img = nib.load(path)
         except (ImageFileError, OSError, ValueError, EOFError) as exc:
-            raise ImageError(f"{path}: cannot read NIfTI header: {exc}") from exc
+            raise ImageError.caused_by(
+                f"{path}: cannot read NIfTI header: damaged or not NIfTI ({exception_name(exc)})",
+                exc,
+            ) from exc
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise ImageError(f"{path}: not a single-file NIfTI image")
         header = img.header
@@ -89,7 +92,10 @@ class _Nifti:
         try:
             stored = np.asarray(proxy.get_unscaled()).reshape(shape)
         except (OSError, ValueError, EOFError) as exc:
-            raise ImageError(f"{path}: cannot read NIfTI voxels: {exc}") from exc
+            raise ImageError.caused_by(
+                f"{path}: cannot read NIfTI voxels: damaged or truncated ({exception_name(exc)})",
+                exc,
+            ) from exc
         values = stored.astype(np.float64) * slope + inter
         if not np.isfinite(values).all():
             raise ImageError(f"{path}: NIfTI holds NaN or infinite values")

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from svdharm_cli.errors import ImageError
+from svdharm_cli.errors import ImageError, exception_name
 from svdharm_cli.formats import (
     DEFAULT_MAX_PIXELS,
     NORMALIZED,
@@ -122,10 +122,16 @@ class _PillowFormat:
                         pixels = pixels.astype(pixels.dtype.newbyteorder("="))
         except ImageError:
             raise
-        except (OSError, ValueError, SyntaxError, EOFError) as exc:
-            raise ImageError(f"{path}: cannot decode {self.name.upper()}: {exc}") from exc
         except PILImage.DecompressionBombError as exc:
-            raise ImageError(f"{path}: {exc}") from exc
+            raise ImageError.caused_by(
+                f"{path}: the image declares more pixels than Pillow accepts", exc
+            ) from exc
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise ImageError.caused_by(
+                f"{path}: cannot decode {self.name.upper()}: damaged or truncated "
+                f"({exception_name(exc)})",
+                exc,
+            ) from exc
         bits, has_alpha = _MODES[mode]
         kept = {k: meta[k] for k in _KEPT_META if k in meta}
         return _make_image(pixels, bits, has_alpha, self.name, kept)
@@ -197,7 +203,9 @@ def _read_pypng(path: Path, f: Any) -> Image:
         width, height, rows, info = png.Reader(file=f).asDirect()
         flat = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
     except (png.Error, OSError, ValueError) as exc:
-        raise ImageError(f"{path}: cannot decode PNG: {exc}") from exc
+        raise ImageError.caused_by(
+            f"{path}: cannot decode PNG: damaged or truncated ({exception_name(exc)})", exc
+        ) from exc
     pixels = flat.reshape(height, width, info["planes"])
     return _make_image(pixels, 16, bool(info["alpha"]), "png", {})
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from svdharm_cli.errors import ImageError
+from svdharm_cli.errors import ImageError, exception_name
 from svdharm_cli.formats import (
     DEFAULT_MAX_PIXELS,
     NORMALIZED,
@@ -77,7 +77,9 @@ class _Tiff:
         except ImageError:
             raise
         except (tifffile.TiffFileError, OSError, ValueError, KeyError, IndexError) as exc:
-            raise ImageError(f"{path}: cannot decode TIFF: {exc}") from exc
+            raise ImageError.caused_by(
+                f"{path}: cannot decode TIFF: damaged or truncated ({exception_name(exc)})", exc
+            ) from exc
         stack = stack.reshape(len(pages), rows, cols, samples)
         stack = stack.astype(stack.dtype.newbyteorder("="), copy=False)
         bits = 8 * dtype.itemsize
