@@ -219,6 +219,14 @@ def fit_reference(
     scheduler: Scheduler = None,
     scheduler_file: SchedulerFile = None,
     quiet: Quiet = False,
+    no_paths: Annotated[
+        bool,
+        typer.Option(
+            "--no-paths",
+            help="Record sources by SHA-256, shape, unit and channels only: no path or file "
+            "name (for a reference sent to another institution).",
+        ),
+    ] = False,
 ) -> None:
     """Fit a reference (per-band mean and std) from one image or a cohort.
 
@@ -247,7 +255,7 @@ def fit_reference(
             mask_dir=mask_dir,
             executor=executor,
         )
-    jobs.save_reference(reference, output)
+    jobs.save_reference(reference.without_paths() if no_paths else reference, output)
     display.report_failures(problems)
     display.print_line(
         f"reference from {display.plural(len(reference.sources), 'file')} "
@@ -388,6 +396,40 @@ def augment(
         slice_axis=slice_axis,
         mask=_mask_mode(mask, mask_dir),
         mask_dir=mask_dir,
+    )
+
+
+@app.command("merge-references")
+@_user_errors
+def merge_references(
+    refs: Annotated[
+        list[Path],
+        typer.Argument(metavar="REF", help="Reference JSON files, one per site (two or more)."),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Merged reference JSON.")],
+    quiet: Quiet = False,
+) -> None:
+    """Merge references fitted at several sites into one, exactly, without their images.
+
+    Each entry (unit, channel count) becomes the image-count-weighted average of the
+    entries of that kind: what fit-reference on the union of the sites' images gives. The
+    references must share fractions and mask mode. The result records each merged file's
+    SHA-256 and image counts, and no path.
+    """
+    from svdharm_cli import display, jobs
+    from svdharm_cli.errors import UsageError
+
+    if len(refs) < 2:
+        raise UsageError("merge-references needs two or more references")
+    if any(output.resolve() == ref.resolve() for ref in refs):
+        raise UsageError(f"output {output} is one of the references; choose another file")
+    merged = jobs.merge_references(refs)
+    jobs.save_reference(merged, output)
+    display.print_line(
+        f"merged {display.plural(len(refs), 'reference')} "
+        f"({display.plural(sum(e.images for e in merged.entries), 'image')}: "
+        f"{merged.kinds()}) into {output}",
+        quiet,
     )
 
 

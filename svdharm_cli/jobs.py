@@ -143,6 +143,25 @@ def save_reference(reference: Reference, path: Path) -> None:
     write_text(path, reference.to_json())
 
 
+def merge_references(paths: Sequence[Path]) -> Reference:
+    """One reference from several reference JSON files (:meth:`Reference.merge`); a file
+    that cannot be read, or references whose fractions or masks differ, are usage errors."""
+    references, digests = [], []
+    for path in paths:
+        if path.suffix.lower() != ".json" or not path.is_file():
+            raise ReferenceFileError(f"reference {path}: not a reference JSON file")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ReferenceFileError(f"reference {path}: cannot read it") from exc
+        references.append(Reference.from_json(text, origin=str(path)))
+        digests.append(sha256_file(path))
+    try:
+        return Reference.merge(references, digests)
+    except ValueError as exc:
+        raise UsageError(f"cannot merge {len(paths)} references: {exc}") from exc
+
+
 def load_reference(
     path: Path, fractions: tuple[float, ...] | None, max_pixels: int, slice_axis: int = 2
 ) -> tuple[Reference, dict[str, Any]]:

@@ -26,6 +26,18 @@ volume counts as one image, with its slices pooled)::
 (CT) or ``raw`` (NIfTI). An input is harmonized with the entry of its own unit and channel
 count only. Version-1 files (one set of statistics, normalized) are read as one entry.
 :meth:`Reference.from_json` checks every field and names the one that is wrong.
+
+Sharing between institutions
+----------------------------
+A reference holds statistics only, so sites can exchange it instead of images. Two things
+serve that: sources without paths (``fit-reference --no-paths``: a source is then its
+SHA-256, shape, unit and channel count, since hospital paths often carry names or record
+numbers), and :meth:`Reference.merge`, exact because an entry is the plain average of its
+images' statistics: the image-count-weighted average of the sites' entries is the entry a
+fit on the union of their images gives. A merged reference records ``merged``: each merged
+reference's SHA-256 and its entries' image counts, never a path. Such files are written as
+format version 3 (path-less sources and ``merged`` are what version 2 readers would refuse);
+every other reference stays version 2.
 """
 
 from __future__ import annotations
@@ -33,7 +45,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -44,7 +56,9 @@ from svdharm_cli.errors import ReferenceFileError
 
 FORMAT_NAME = "svdharm-reference"
 FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SHARED_VERSION = 3
+"""The version of references with path-less sources or a ``merged`` record."""
+READABLE_VERSIONS = (1, 2, 3)
 UNITS = ("normalized", "HU", "raw")
 MASKS = ("none", "auto", "dir")
 """How a reference's statistics were masked (DICOM padding is always left out)."""
@@ -52,9 +66,10 @@ MASKS = ("none", "auto", "dir")
 
 @dataclass(frozen=True)
 class Source:
-    """One image (or volume) a reference was fitted from."""
+    """One image (or volume) a reference was fitted from; ``path`` is None when the
+    reference was fitted with ``--no-paths`` or merged."""
 
-    path: str
+    path: str | None
     sha256: str
     shape: tuple[int, ...]
     unit: str = "normalized"
@@ -84,6 +99,15 @@ def describe_kind(unit: str, channels: int) -> str:
 
 
 @dataclass(frozen=True)
+class Merged:
+    """One reference that went into a merge: its file's SHA-256 and, per entry, the unit,
+    channel count and number of images."""
+
+    sha256: str
+    entries: tuple[tuple[str, int, int], ...]
+
+
+@dataclass(frozen=True)
 class Reference:
     """Target statistics per (unit, channel count), for one set of band fractions."""
 
@@ -92,6 +116,59 @@ class Reference:
     sources: tuple[Source, ...] = ()
     tool_version: str = __version__
     mask: str = "none"
+    merged: tuple[Merged, ...] = ()
+
+    def without_paths(self) -> Reference:
+        """The same reference, its sources recorded by SHA-256, shape, unit and channels."""
+        sources = tuple(replace(source, path=None) for source in self.sources)
+        return replace(self, sources=sources)
+
+    @classmethod
+    def merge(cls, references: Sequence[Reference], digests: Sequence[str]) -> Reference:
+        """One reference from several fitted on disjoint cohorts (``digests``: each file's
+        SHA-256): every (unit, channel count) entry is the image-count-weighted average of
+        the entries of that kind, which is what fitting on the union of the cohorts gives
+        (an entry is the plain average of its images' statistics). Sources are kept without
+        paths; the result records each merged reference in ``merged``.
+
+        Raises
+        ------
+        ValueError
+            When the references' fractions or masks differ (the message names the values),
+            or an entry to be weighted records no images.
+        """
+        if not references:
+            raise ValueError("nothing to merge")
+        first = references[0]
+        for ref in references[1:]:
+            if ref.fractions != first.fractions:
+                raise ValueError(
+                    f"fractions differ: {list(first.fractions)} and {list(ref.fractions)}"
+                )
+            if ref.mask != first.mask:
+                raise ValueError(f"mask modes differ: {first.mask!r} and {ref.mask!r}")
+        groups: dict[tuple[str, int], list[Entry]] = {}
+        for ref in references:
+            for e in ref.entries:
+                groups.setdefault((e.unit, e.channels), []).append(e)
+        entries = []
+        for (unit, channels), same in sorted(groups.items(), key=_entry_order):
+            counts = np.array([e.images for e in same], dtype=np.float64)
+            if len(same) > 1 and (counts <= 0).any():
+                raise ValueError(
+                    f"an entry for {describe_kind(unit, channels)} records no image count, "
+                    "so it cannot be weighted"
+                )
+            weights = counts / counts.sum() if counts.sum() > 0 else np.ones(1)
+            mean = np.einsum("k,kcn->cn", weights, np.stack([e.mean for e in same]))
+            std = np.einsum("k,kcn->cn", weights, np.stack([e.std for e in same]))
+            entries.append(Entry(unit, channels, mean, std, int(counts.sum())))
+        sources = tuple(replace(s, path=None) for ref in references for s in ref.sources)
+        merged = tuple(
+            Merged(digest, tuple((e.unit, e.channels, e.images) for e in ref.entries))
+            for ref, digest in zip(references, digests)
+        )
+        return cls(first.fractions, tuple(entries), sources, mask=first.mask, merged=merged)
 
     @property
     def n_components(self) -> int:
@@ -146,9 +223,10 @@ class Reference:
 
     def to_dict(self) -> dict[str, Any]:
         n = self.n_components
-        return {
+        shared = bool(self.merged) or any(s.path is None for s in self.sources)
+        data: dict[str, Any] = {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": SHARED_VERSION if shared else FORMAT_VERSION,
             "tool_version": self.tool_version,
             "fractions": list(self.fractions),
             "components": ["base"] + [f"band{i}" for i in range(1, n)],
@@ -165,7 +243,7 @@ class Reference:
             ],
             "sources": [
                 {
-                    "path": s.path,
+                    **({} if s.path is None else {"path": s.path}),
                     "sha256": s.sha256,
                     "shape": list(s.shape),
                     "unit": s.unit,
@@ -174,6 +252,18 @@ class Reference:
                 for s in self.sources
             ],
         }
+        if self.merged:
+            data["merged"] = [
+                {
+                    "sha256": m.sha256,
+                    "entries": [
+                        {"unit": unit, "channels": channels, "images": images}
+                        for unit, channels, images in m.entries
+                    ],
+                }
+                for m in self.merged
+            ]
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -248,7 +338,8 @@ class Reference:
         for i, src in enumerate(raw_sources):
             if not (
                 isinstance(src, dict)
-                and isinstance(src.get("path"), str)
+                and isinstance(src.get("path", ""), str)
+                and (version == SHARED_VERSION or "path" in src)
                 and isinstance(src.get("sha256"), str)
                 and isinstance(src.get("shape"), list)
                 and all(isinstance(k, int) for k in src["shape"])
@@ -258,7 +349,7 @@ class Reference:
             channels = src.get("channels", 1)
             sources.append(
                 Source(
-                    src["path"],
+                    src.get("path"),
                     src["sha256"],
                     tuple(src["shape"]),
                     unit if isinstance(unit, str) else "normalized",
@@ -269,7 +360,30 @@ class Reference:
         mask = data.get("mask", "none")
         if mask not in MASKS:
             raise bad("mask", f"must be one of {list(MASKS)}")
-        return cls(fractions, tuple(entries), tuple(sources), str(tool_version), mask)
+        merged = _merged(data.get("merged", []), bad)
+        return cls(fractions, tuple(entries), tuple(sources), str(tool_version), mask, merged)
+
+
+def _merged(raw: Any, bad: Any) -> tuple[Merged, ...]:
+    """The ``merged`` record of a merged reference, checked."""
+    if not isinstance(raw, list):
+        raise bad("merged", "must be a list")
+    found = []
+    for i, item in enumerate(raw):
+        entries = item.get("entries") if isinstance(item, dict) else None
+        if not isinstance(item, dict) or not isinstance(item.get("sha256"), str):
+            raise bad(f"merged[{i}]", "must be an object with a string sha256")
+        if not isinstance(entries, list) or not all(
+            isinstance(e, dict)
+            and e.get("unit") in UNITS
+            and isinstance(e.get("channels"), int)
+            and isinstance(e.get("images"), int)
+            for e in entries
+        ):
+            raise bad(f"merged[{i}].entries", "must list unit, channels and images")
+        kinds = tuple((e["unit"], e["channels"], e["images"]) for e in entries)
+        found.append(Merged(item["sha256"], kinds))
+    return tuple(found)
 
 
 def _entry_order(item: tuple[tuple[str, int], Any]) -> tuple[int, int]:
