@@ -143,6 +143,15 @@ def save_reference(reference: Reference, path: Path) -> None:
     write_text(path, reference.to_json())
 
 
+def read_reference_json(path: Path) -> tuple[Reference, str]:
+    """A reference JSON file, validated, and the SHA-256 of the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReferenceFileError(f"reference {path}: cannot read: {exc}") from exc
+    return Reference.from_json(text, origin=str(path)), sha256_file(path)
+
+
 def merge_references(paths: Sequence[Path]) -> Reference:
     """One reference from several reference JSON files (:meth:`Reference.merge`); a file
     that cannot be read, or references whose fractions or masks differ, are usage errors."""
@@ -150,12 +159,9 @@ def merge_references(paths: Sequence[Path]) -> Reference:
     for path in paths:
         if path.suffix.lower() != ".json" or not path.is_file():
             raise ReferenceFileError(f"reference {path}: not a reference JSON file")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ReferenceFileError(f"reference {path}: cannot read it") from exc
-        references.append(Reference.from_json(text, origin=str(path)))
-        digests.append(sha256_file(path))
+        reference, digest = read_reference_json(path)
+        references.append(reference)
+        digests.append(digest)
     try:
         return Reference.merge(references, digests)
     except ValueError as exc:
@@ -175,17 +181,13 @@ def load_reference(
     if not path.is_file():
         raise ReferenceFileError(f"reference {path} does not exist")
     if path.suffix.lower() == ".json":
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ReferenceFileError(f"reference {path}: cannot read: {exc}") from exc
-        reference = Reference.from_json(text, origin=str(path))
+        reference, digest = read_reference_json(path)
         if fractions is not None and fractions != reference.fractions:
             raise UsageError(
                 f"--fractions {list(fractions)} differs from the reference's "
                 f"{list(reference.fractions)}; omit --fractions or refit the reference"
             )
-        kind, digest = "json", sha256_file(path)
+        kind = "json"
     else:
         fr = fractions or DEFAULT_FRACTIONS
         unit = Unit((path.name,), path.name)

@@ -328,12 +328,13 @@ def reading(path: Path, format_name: str) -> Iterator[None]:
         raise
     except MemoryError as exc:
         raise ImageError.caused_by(f"{path}: not enough memory to read it", exc) from exc
-    except OSError as exc:
-        if exc.errno is not None and exc.strerror:
-            raise ImageError.caused_by(f"{path}: cannot read: {exc.strerror}", exc) from exc
-        raise ImageError.caused_by(_damaged(path, label, exc), exc) from exc
     except Exception as exc:
-        raise ImageError.caused_by(_damaged(path, label, exc), exc) from exc
+        if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+            message = f"{path}: cannot read: {exc.strerror}"  # the file system's own word
+        else:
+            message = f"{path}: cannot read: damaged or not a valid {label} file"
+            message += f" ({exception_name(exc)})"
+        raise ImageError.caused_by(message, exc) from exc
 
 
 LIBRARIES = ("pydicom", "nibabel", "tifffile", "PIL", "png", "imageio")
@@ -358,10 +359,6 @@ def quiet_libraries() -> None:
             logger.addHandler(logging.NullHandler())
             logger.propagate = False
     _QUIETED[:] = [True]
-
-
-def _damaged(path: Path, label: str, exc: BaseException) -> str:
-    return f"{path}: cannot read: damaged or not a valid {label} file ({exception_name(exc)})"
 
 
 def handler_named(name: str) -> FormatHandler:

@@ -24,7 +24,8 @@ the statistics and written back unchanged.
 Skipped with a reason: objects that carry no image by nature (a known SOP class that is not
 an image storage class and no image attributes: SR, RT Plan, RT Structure Set, waveforms,
 DICOMDIR, presentation states), PALETTE COLOR (values are indices), 1-bit data (segmentation
-labels), data of more than 16 bits allocated and RT Dose grids (not intensities).
+labels), data of 32 or 64 bits allocated and RT Dose grids (not intensities); any other
+Bits Allocated than 1, 8, 16, 32 or 64 is a damaged header and fails.
 
 Damaged is not pixel-less: an object of an image storage SOP class, or one with Rows,
 Columns or Bits Allocated, whose Pixel Data is missing, or (uncompressed) shorter than its
@@ -122,6 +123,9 @@ PROCESSED = {
     "YBR_RCT",
     "YBR_PARTIAL_420",
 }
+STANDARD_PHOTOMETRIC = {"YBR_PARTIAL_422", "HSV", "ARGB", "CMYK", "XYB"}
+"""Defined terms (PS3.3 C.7.6.3.1.2) not processed here: named in messages; any other
+value (a damaged one) is not quoted."""
 ORIGINAL_ONLY = (
     # MR Pulse Sequence Module (PS3.3 C.8.13.4): Type 1C, required if Image Type value 1 is
     # ORIGINAL or MIXED.
@@ -382,7 +386,8 @@ def _geometry(path: Path, ds: Any) -> tuple[int, int, int, int]:
     if allocated in (32, 64):
         raise SkipImage(f"{path}: {allocated}-bit data (not supported; up to 16 bits)")
     if pi not in PROCESSED:
-        raise ImageError(f"{path}: unsupported photometric interpretation")
+        named = pi if pi in STANDARD_PHOTOMETRIC else "not a standard one"
+        raise ImageError(f"{path}: unsupported photometric interpretation ({named})")
     if allocated not in (8, 16) or not 1 <= stored_bits <= allocated:
         raise ImageError(f"{path}: inconsistent image attributes (bits allocated or stored)")
     if samples not in (1, 3) or frames < 1 or rows < 1 or cols < 1:
