@@ -45,6 +45,7 @@ lint: install
 	$(BIN)/ruff check svdharm_cli tests scripts bench examples fuzz
 	$(BIN)/ruff format --check svdharm_cli tests scripts bench examples fuzz
 	$(BIN)/mypy svdharm_cli
+	$(BIN)/lint-imports
 
 # Speed and memory against a researcher's baseline, as ratios in one run (not tests).
 bench: install

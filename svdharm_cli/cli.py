@@ -590,7 +590,7 @@ def _on_workers(
     writes its result at the end (fit-reference, compare); a stop there is reported as
     ``interrupted by SIGINT: <unwritten> written``, exit status 130 or 143."""
     from svdharm_cli import display
-    from svdharm_cli.batch import available_cpus, open_executor
+    from svdharm_cli.executors import available_cpus, open_executor
     from svdharm_cli.safety import Interrupted
 
     try:
@@ -628,7 +628,7 @@ def _run(
 ) -> None:
     """Build the run request from the options, run it, show the outcome, set the exit code."""
     from svdharm_cli import display, jobs
-    from svdharm_cli.batch import available_cpus
+    from svdharm_cli.executors import available_cpus
     from svdharm_cli.formats import WriteOptions
 
     request = jobs.RunRequest(

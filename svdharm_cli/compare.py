@@ -39,12 +39,15 @@ from typing import Any
 import numpy as np
 
 from svdharm_cli import __version__
-from svdharm_cli.batch import Executor, LocalPool, OneByOne, Rooted, gather
 from svdharm_cli.errors import UsageError
+from svdharm_cli.executors import Executor, OneByOne
+from svdharm_cli.executors.local import LocalPool
+from svdharm_cli.executors.work import Rooted, gather
 from svdharm_cli.methods import Moments, decompose_channels, pool, slice_moments
 from svdharm_cli.plan import Unit, discover, plan_units
 from svdharm_cli.reference import describe_kind
-from svdharm_cli.worker import OK, SKIPPED, FileResult, outcome_of, read_unit, unit_masks
+from svdharm_cli.units import read_unit, unit_masks
+from svdharm_cli.worker import OK, SKIPPED, FileResult, outcome_of
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 PIXEL_SAMPLE = 20_000

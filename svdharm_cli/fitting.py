@@ -19,19 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from svdharm_cli.batch import OneByOne, Rooted
+from svdharm_cli.executors import OneByOne
+from svdharm_cli.executors.work import Rooted
 from svdharm_cli.methods import decompose_channels, pool, slice_moments
 from svdharm_cli.plan import Unit
 from svdharm_cli.reference import Source
-from svdharm_cli.worker import (
-    OK,
-    FileResult,
-    Stop,
-    outcome_of,
-    read_unit,
-    unit_masks,
-    volumes_of,
-)
+from svdharm_cli.units import read_unit, unit_masks, volumes_of
+from svdharm_cli.worker import OK, FileResult, Stop, outcome_of
 
 Statistics = tuple[str, np.ndarray, np.ndarray]
 """One image's ``(unit, means, stds)``."""

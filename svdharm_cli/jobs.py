@@ -19,8 +19,10 @@ from typing import Any
 from svdharm_cli import __version__
 from svdharm_cli.atomic import write_text
 from svdharm_cli.bands import DEFAULT_FRACTIONS
-from svdharm_cli.batch import Executor, LocalPool, Rooted, gather, open_executor, run_units
 from svdharm_cli.errors import ImageError, ReferenceFileError, SkipImage, UsageError
+from svdharm_cli.executors import Executor, open_executor
+from svdharm_cli.executors.local import LocalPool
+from svdharm_cli.executors.work import Rooted, gather, run_units
 from svdharm_cli.fitting import Measured, MeasureUnits, sha256_file, unit_statistics
 from svdharm_cli.formats import DEFAULT_MAX_PIXELS, WriteOptions
 from svdharm_cli.methods import DEFAULT_HIGH, DEFAULT_LOW, Method

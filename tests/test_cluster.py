@@ -175,8 +175,8 @@ def test_missing_extra_is_a_usage_error(tree: Path, tmp_path: Path) -> None:
 
 
 def test_workers_that_cannot_see_the_paths_are_refused(cluster: Any, tmp_path: Path) -> None:
-    from svdharm_cli.cluster import DaskExecutor
     from svdharm_cli.errors import UsageError
+    from svdharm_cli.executors.dask import DaskExecutor
 
     with DaskExecutor.connect(cluster.scheduler_address) as executor:
         executor.check([tmp_path], [tmp_path])  # both fine
@@ -264,19 +264,19 @@ POISON = '''
 """Preloaded into each test worker: reading a file named poison*.png kills the worker."""
 import os
 
-import svdharm_cli.worker as worker
+import svdharm_cli.units as units  # where a unit's files are read
 
 # The preload may run twice in one process: keep the true reader once.
-worker.true_read_image = getattr(worker, "true_read_image", worker.read_image)
+units.true_read_image = getattr(units, "true_read_image", units.read_image)
 
 
 def _deadly(path, *args, **kwargs):
     if path.name.startswith("poison"):
         os._exit(1)
-    return worker.true_read_image(path, *args, **kwargs)
+    return units.true_read_image(path, *args, **kwargs)
 
 
-worker.read_image = _deadly
+units.read_image = _deadly
 '''
 
 
@@ -307,8 +307,8 @@ def test_a_file_that_kills_workers_fails_alone(tmp_path: Path) -> None:
 def test_futures_in_flight_are_bounded_and_small_files_chunked(
     cluster: Any, tmp_path: Path
 ) -> None:
-    from svdharm_cli.batch import run_units
-    from svdharm_cli.cluster import DaskExecutor
+    from svdharm_cli.executors.dask import DaskExecutor
+    from svdharm_cli.executors.work import run_units
     from svdharm_cli.methods import Method
     from svdharm_cli.plan import discover, plan_units
     from svdharm_cli.worker import JobConfig

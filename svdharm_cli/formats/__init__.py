@@ -246,6 +246,27 @@ class FormatHandler(Protocol):
         ...
 
 
+class FileByFile:
+    """The write step of formats whose files are written one by one, each from its own
+    metadata (PNG, JPEG, TIFF, NIfTI): :meth:`write` hands each file of a volume to
+    ``write_one``. DICOM writes a volume's files together (one window for the series)."""
+
+    def write(
+        self,
+        images: Sequence[Image],
+        frames: Sequence[np.ndarray],
+        paths: Sequence[Path],
+        options: WriteOptions,
+        context: OutputContext,
+    ) -> None:
+        for image, new, path in zip(images, frames, paths):
+            self.write_one(image, new, path, options)
+
+    def write_one(self, image: Image, new: np.ndarray, path: Path, options: WriteOptions) -> None:
+        """Write ``new`` (working units, shaped like ``image.frames``) to ``path``."""
+        raise NotImplementedError
+
+
 HEAD_BYTES = 132
 DICOM_MARKER = b"DICM"
 """What stands at byte 128 of a DICOM file (PS3.10), after a preamble of any content."""
@@ -398,11 +419,19 @@ def normalize(stored: np.ndarray, bits: int) -> np.ndarray:
     return np.asarray(stored, dtype=np.float64) / float(2**bits - 1)
 
 
+def saturate(
+    values: np.ndarray, low: float, high: float, dtype: np.dtype[Any] | type
+) -> np.ndarray:
+    """The saturation step of every integer output (METHOD.md section 1): round to nearest,
+    clip to what the file can store, cast."""
+    out = np.rint(values)
+    return np.clip(out, low, high, out=out).astype(dtype)
+
+
 def denormalize(channels: np.ndarray, bits: int, dtype: np.dtype[Any] | type) -> np.ndarray:
-    """Normalized units back to stored values: clip to [0, 1], scale, round to nearest, cast."""
+    """Normalized units back to stored values: clip to [0, 1], scale, then :func:`saturate`."""
     top = float(2**bits - 1)
-    out = np.clip(channels, 0.0, 1.0) * top
-    return np.rint(out, out=out).astype(dtype)
+    return saturate(np.clip(channels, 0.0, 1.0) * top, 0.0, top, dtype)
 
 
 def check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:

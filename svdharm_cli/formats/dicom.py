@@ -96,6 +96,7 @@ from svdharm_cli.formats import (
     WriteOptions,
     check_pixels,
     no_check,
+    saturate,
 )
 
 SUFFIXES = (".dcm", ".dicom")
@@ -538,7 +539,7 @@ def _to_stored(image: Image, frames: np.ndarray) -> np.ndarray:
         x = x * meta["scale"][1] + meta["scale"][0]
     x = (x - meta["intercepts"][:, None, None, None]) / meta["slopes"][:, None, None, None]
     low, high = meta["range"]
-    stored = np.clip(np.rint(x), low, high).astype(meta["dtype"])
+    stored = saturate(x, low, high, meta["dtype"])
     if image.mask is not None:
         stored[..., 0][~image.mask] = meta["padding"]
     return stored

@@ -21,7 +21,6 @@ the dtype's range (the saturation step). A ``.nii.gz`` input gives a gzip output
 from __future__ import annotations
 
 import gzip
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +31,19 @@ from svdharm_cli.formats import (
     DEFAULT_MAX_PIXELS,
     RAW,
     Check,
+    FileByFile,
     Image,
     ImageInfo,
-    OutputContext,
     WriteOptions,
     check_pixels,
     no_check,
+    saturate,
 )
 
 GZIP_LEVEL = 6
 
 
-class _Nifti:
+class _Nifti(FileByFile):
     name = "nifti"
     suffixes = (".nii", ".nii.gz")
 
@@ -122,36 +122,28 @@ class _Nifti:
             volumes=volumes,
         )
 
-    def write(
-        self,
-        images: Sequence[Image],
-        frames: Sequence[np.ndarray],
-        paths: Sequence[Path],
-        options: WriteOptions,
-        context: OutputContext,
-    ) -> None:
+    def write_one(self, image: Image, new: np.ndarray, path: Path, options: WriteOptions) -> None:
         from nibabel.volumeutils import array_to_file
 
-        for image, new, path in zip(images, frames, paths):
-            meta = image.meta
-            stored = to_stored(image, new)
-            header = meta["header"].copy()
-            header.set_slope_inter(*meta["scaling"])
-            with open(path, "wb") as raw:
-                stream: Any = raw
-                if meta["gzip"]:
-                    # No name and no time in the gzip header: reruns give identical bytes.
-                    stream = gzip.GzipFile(
-                        filename="", mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL, mtime=0
-                    )
-                try:
-                    header.write_to(stream)
-                    array_to_file(
-                        stored, stream, meta["dtype"], offset=header.get_data_offset(), order="F"
-                    )
-                finally:
-                    if stream is not raw:
-                        stream.close()
+        meta = image.meta
+        stored = to_stored(image, new)
+        header = meta["header"].copy()
+        header.set_slope_inter(*meta["scaling"])
+        with open(path, "wb") as raw:
+            stream: Any = raw
+            if meta["gzip"]:
+                # No name and no time in the gzip header: reruns give identical bytes.
+                stream = gzip.GzipFile(
+                    filename="", mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL, mtime=0
+                )
+            try:
+                header.write_to(stream)
+                array_to_file(
+                    stored, stream, meta["dtype"], offset=header.get_data_offset(), order="F"
+                )
+            finally:
+                if stream is not raw:
+                    stream.close()
 
 
 NIFTI = _Nifti()
@@ -169,6 +161,7 @@ def to_stored(image: Image, frames: np.ndarray) -> np.ndarray:
     four = np.moveaxis(x, (0, 1), (3, axis))
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
-        four = np.clip(np.rint(four), info.min, info.max)
-    out = four.astype(dtype)
+        out = saturate(four, info.min, info.max, dtype)
+    else:
+        out = four.astype(dtype)
     return out if len(shape) == 4 else out[..., 0]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import struct
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,9 @@ from svdharm_cli.formats import (
     DEFAULT_MAX_PIXELS,
     NORMALIZED,
     Check,
+    FileByFile,
     Image,
     ImageInfo,
-    OutputContext,
     WriteOptions,
     check_pixels,
     denormalize,
@@ -68,7 +67,7 @@ _PNG_CHANNELS = {0: 1, 2: 3, 4: 1, 6: 3}  # IHDR colour type -> colour channels 
 
 
 @dataclass(frozen=True)
-class _PillowFormat:
+class _PillowFormat(FileByFile):
     name: str
     suffixes: tuple[str, ...]
     signature: bytes
@@ -136,18 +135,9 @@ class _PillowFormat:
         kept = {k: meta[k] for k in _KEPT_META if k in meta}
         return _make_image(pixels, bits, has_alpha, self.name, kept)
 
-    def write(
-        self,
-        images: Sequence[Image],
-        frames: Sequence[np.ndarray],
-        paths: Sequence[Path],
-        options: WriteOptions,
-        context: OutputContext,
+    def write_one(
+        self, image: Image, frames: np.ndarray, path: Path, options: WriteOptions
     ) -> None:
-        for image, new, path in zip(images, frames, paths):
-            self._write(image, new, path, options)
-
-    def _write(self, image: Image, frames: np.ndarray, path: Path, options: WriteOptions) -> None:
         dtype = np.uint16 if image.bits == 16 else np.uint8
         pixels = _interleave(denormalize(frames[0], image.bits, dtype), image.alpha)
         if image.bits == 16 and pixels.ndim == 3:

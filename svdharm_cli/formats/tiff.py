@@ -16,7 +16,6 @@ photometric layouts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,9 @@ from svdharm_cli.formats import (
     DEFAULT_MAX_PIXELS,
     NORMALIZED,
     Check,
+    FileByFile,
     Image,
     ImageInfo,
-    OutputContext,
     WriteOptions,
     check_pixels,
     denormalize,
@@ -42,7 +41,7 @@ _PHOTOMETRIC = {"MINISBLACK": 1, "MINISWHITE": 1, "RGB": 3}
 _DEFLATE = {"ADOBE_DEFLATE", "DEFLATE"}
 
 
-class _Tiff:
+class _Tiff(FileByFile):
     name = "tiff"
     suffixes = (".tif", ".tiff")
 
@@ -91,38 +90,30 @@ class _Tiff:
         meta.update(photometric=photometric, dtype=dtype, alpha=alpha)
         return Image(frames=values, alpha=None, bits=bits, format=self.name, meta=meta)
 
-    def write(
-        self,
-        images: Sequence[Image],
-        frames: Sequence[np.ndarray],
-        paths: Sequence[Path],
-        options: WriteOptions,
-        context: OutputContext,
-    ) -> None:
+    def write_one(self, image: Image, new: np.ndarray, path: Path, options: WriteOptions) -> None:
         import tifffile
 
-        for image, new, path in zip(images, frames, paths):
-            meta = image.meta
-            x = np.asarray(new, dtype=np.float64)
-            if meta["photometric"] == "MINISWHITE":
-                x = 1.0 - np.clip(x, 0.0, 1.0)
-            stored = np.moveaxis(denormalize(x, image.bits, meta["dtype"]), 1, 3)
-            if meta["alpha"] is not None:
-                stored = np.concatenate([stored, meta["alpha"]], axis=3)
-            if stored.shape[3] == 1:
-                stored = stored[..., 0]
-            kwargs: dict[str, Any] = {
-                "photometric": meta["photometric"].lower(),
-                "compression": meta["compression"],
-                "metadata": None,
-            }
-            if meta["alpha"] is not None:
-                kwargs["extrasamples"] = meta["extrasamples"]
-            if meta["resolution"] is not None:
-                kwargs["resolution"] = meta["resolution"]
-                kwargs["resolutionunit"] = meta["resolutionunit"]
-            data = stored if stored.shape[0] > 1 else stored[0]
-            tifffile.imwrite(path, data, **kwargs)
+        meta = image.meta
+        x = np.asarray(new, dtype=np.float64)
+        if meta["photometric"] == "MINISWHITE":
+            x = 1.0 - np.clip(x, 0.0, 1.0)
+        stored = np.moveaxis(denormalize(x, image.bits, meta["dtype"]), 1, 3)
+        if meta["alpha"] is not None:
+            stored = np.concatenate([stored, meta["alpha"]], axis=3)
+        if stored.shape[3] == 1:
+            stored = stored[..., 0]
+        kwargs: dict[str, Any] = {
+            "photometric": meta["photometric"].lower(),
+            "compression": meta["compression"],
+            "metadata": None,
+        }
+        if meta["alpha"] is not None:
+            kwargs["extrasamples"] = meta["extrasamples"]
+        if meta["resolution"] is not None:
+            kwargs["resolution"] = meta["resolution"]
+            kwargs["resolutionunit"] = meta["resolutionunit"]
+        data = stored if stored.shape[0] > 1 else stored[0]
+        tifffile.imwrite(path, data, **kwargs)
 
 
 TIFF = _Tiff()

@@ -7,7 +7,7 @@ The task and the seeds are those of local runs, so outputs are byte-identical to
 
 - **Bounded**: at most ``2 x threads + 2`` tasks are in flight, whatever the tree's size
   (threads recounted every 2 s: workers that join during a run get work);
-  small files travel in chunks (:func:`~svdharm_cli.batch.take_chunk`).
+  small files travel in chunks (:func:`~svdharm_cli.executors.take_chunk`).
 - **Faults**: the scheduler re-runs a task whose worker died on another worker (outputs are
   renamed into place whole, so a re-run is safe, and only the client's copy of a result is
   logged, so a file is logged once). When a chunk has killed workers the scheduler's
@@ -41,8 +41,15 @@ from typing import Any
 
 from svdharm_cli import __version__
 from svdharm_cli.atomic import forget_folders
-from svdharm_cli.batch import Accept, Sized, Task, available_cpus, set_blas_threads, take_chunk
 from svdharm_cli.errors import UsageError
+from svdharm_cli.executors import (
+    Accept,
+    Sized,
+    Task,
+    available_cpus,
+    set_blas_threads,
+    take_chunk,
+)
 from svdharm_cli.formats import quiet_libraries
 from svdharm_cli.safety import signals_deferred
 
