@@ -655,7 +655,7 @@ def _run(
 
 def main() -> None:
     """Console-script entry point."""
-    from svdharm_cli.formats import quiet_libraries
+    from svdharm_cli.safety import quiet_libraries
 
     quiet_libraries()
     app()

@@ -153,3 +153,36 @@ def sweep_temporaries(out: Path) -> int:
                     os.unlink(os.path.join(dirpath, name))
                     removed += 1
     return removed
+
+
+LIBRARIES = ("pydicom", "nibabel", "tifffile", "PIL", "png", "imageio")
+"""The reading libraries, whose warnings and log records may quote header values."""
+
+_QUIETED: list[bool] = []
+
+
+def quiet_libraries() -> None:
+    """Keep the reading libraries from printing header values: pydicom's warnings and
+    log records quote them (UIDs, names), tifffile logs damaged tags through
+    :mod:`logging` (printed when no handler is configured), and svdharm's messages name
+    files only. :func:`svdharm_cli.formats.reading` silences warnings while a file is
+    parsed and calls this once per process (:func:`quiet_once`); the CLI and every worker
+    process call it at start, which covers every other place a header is touched (a DICOM
+    header copied into a derived object). It lives here, not in the formats, so that the
+    CLI's start-up imports no NumPy."""
+    import logging
+    import warnings
+
+    for name in LIBRARIES:
+        warnings.filterwarnings("ignore", module=rf"{name}(\.|$)")  # Python drops repeats
+        if not _QUIETED:  # once per process: handlers would pile up
+            logger = logging.getLogger(name)
+            logger.addHandler(logging.NullHandler())
+            logger.propagate = False
+    _QUIETED[:] = [True]
+
+
+def quiet_once() -> None:
+    """:func:`quiet_libraries`, unless this process already did it (cheap to call per file)."""
+    if not _QUIETED:
+        quiet_libraries()

@@ -50,8 +50,7 @@ from svdharm_cli.executors import (
     set_blas_threads,
     take_chunk,
 )
-from svdharm_cli.formats import quiet_libraries
-from svdharm_cli.safety import signals_deferred
+from svdharm_cli.safety import quiet_libraries, signals_deferred
 
 CONNECT_TIMEOUT = 5.0
 """Seconds to reach the scheduler before giving up (a usage error, exit 2)."""

@@ -19,9 +19,9 @@ from typing import Any
 
 from svdharm_cli.errors import UsageError
 from svdharm_cli.executors import Accept, Sized, Task, available_cpus, set_blas_threads, take_chunk
-from svdharm_cli.formats import quiet_libraries
 from svdharm_cli.safety import (
     ignore_signals_in_worker,
+    quiet_libraries,
     signals_deferred,
 )
 

@@ -51,6 +51,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from svdharm_cli.errors import ImageError, SvdharmError, exception_name
+from svdharm_cli.safety import quiet_once
 
 NORMALIZED = "normalized"
 HU = "HU"
@@ -339,8 +340,7 @@ def reading(path: Path, format_name: str) -> Iterator[None]:
     file, named by its type only. :class:`MemoryError` says so. Warnings are silenced.
     """
     label = LABELS.get(format_name, format_name)
-    if not _QUIETED:
-        quiet_libraries()
+    quiet_once()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # library warnings may quote header values
@@ -356,30 +356,6 @@ def reading(path: Path, format_name: str) -> Iterator[None]:
             message = f"{path}: cannot read: damaged or not a valid {label} file"
             message += f" ({exception_name(exc)})"
         raise ImageError.caused_by(message, exc) from exc
-
-
-LIBRARIES = ("pydicom", "nibabel", "tifffile", "PIL", "png", "imageio")
-"""The reading libraries, whose warnings and log records may quote header values."""
-
-_QUIETED: list[bool] = []
-
-
-def quiet_libraries() -> None:
-    """Keep the reading libraries from printing header values: pydicom's warnings and
-    log records quote them (UIDs, names), tifffile logs damaged tags through
-    :mod:`logging` (printed when no handler is configured), and svdharm's messages name
-    files only. :func:`reading` silences warnings while a file is parsed and calls this
-    once per process; the CLI and every worker process call it at start, which covers
-    every other place a header is touched (a DICOM header copied into a derived object)."""
-    import logging
-
-    for name in LIBRARIES:
-        warnings.filterwarnings("ignore", module=rf"{name}(\.|$)")  # Python drops repeats
-        if not _QUIETED:  # once per process: handlers would pile up
-            logger = logging.getLogger(name)
-            logger.addHandler(logging.NullHandler())
-            logger.propagate = False
-    _QUIETED[:] = [True]
 
 
 def handler_named(name: str) -> FormatHandler:
@@ -420,18 +396,24 @@ def normalize(stored: np.ndarray, bits: int) -> np.ndarray:
 
 
 def saturate(
-    values: np.ndarray, low: float, high: float, dtype: np.dtype[Any] | type
+    values: np.ndarray,
+    low: float,
+    high: float,
+    dtype: np.dtype[Any] | type,
+    *,
+    overwrite: bool = False,
 ) -> np.ndarray:
     """The saturation step of every integer output (METHOD.md section 1): round to nearest,
-    clip to what the file can store, cast."""
-    out = np.rint(values)
+    clip to what the file can store, cast. ``overwrite``: ``values`` (a temporary of the
+    caller's, float) may be rounded in place, saving a copy."""
+    out = np.rint(values, out=values) if overwrite else np.rint(values)
     return np.clip(out, low, high, out=out).astype(dtype)
 
 
 def denormalize(channels: np.ndarray, bits: int, dtype: np.dtype[Any] | type) -> np.ndarray:
     """Normalized units back to stored values: clip to [0, 1], scale, then :func:`saturate`."""
     top = float(2**bits - 1)
-    return saturate(np.clip(channels, 0.0, 1.0) * top, 0.0, top, dtype)
+    return saturate(np.clip(channels, 0.0, 1.0) * top, 0.0, top, dtype, overwrite=True)
 
 
 def check_pixels(path: Path, width: int, height: int, max_pixels: int) -> None:
