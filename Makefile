@@ -7,10 +7,16 @@ SVDHARM := $(BIN)/svdharm
 
 .PHONY: install demo test lint bench evaluate fuzz samples screenshots clean
 
+# torch first, pinned, so that the extras' open range finds it installed: this release is a
+# CPU build (an unpinned torch on Linux is a CUDA build of several GB). `make TORCH=torch`
+# takes the newest instead.
+TORCH ?= torch==2.13.0
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,lint,bench,dask]'
+	$(BIN)/python -m pip install --quiet '$(TORCH)'
+	$(BIN)/python -m pip install --quiet -e '.[test,lint,bench,dask,monai,torchio]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -50,6 +56,7 @@ lint: install
 # Speed and memory against a researcher's baseline, as ratios in one run (not tests).
 bench: install
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/transforms.py
 
 # Fidelity of harmonization on images that ship with packages, under simulated site shifts.
 evaluate: install

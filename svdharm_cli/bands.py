@@ -21,6 +21,10 @@ statistics and weighted sums of components need no component to be materialized:
 Everything runs in float64. Single precision was tried and rejected: singular values at a
 cut are often nearly equal, float32 mixes the vectors on both sides, and harmonization then
 stretches the error (up to 7 8-bit levels on 1024 x 1024 test images, against a bound of 1).
+
+A channel may be a NumPy array or a torch tensor (CPU or CUDA): the arithmetic is written
+once, against :mod:`~svdharm_cli.backend`, and runs on the channel's device. Statistics are
+returned as NumPy arrays either way.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from functools import cached_property
 
 import numpy as np
 
+from svdharm_cli.backend import NUMPY, Array, Backend, backend_of
+
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.07, 0.20, 0.50)
 """The paper's 7 %, 20 % and 50 % cuts (with 100 % the four components)."""
 
@@ -39,11 +45,6 @@ _ROW_BLOCK = 512
 _SMALL = 256 * 256
 """Channels of at most this many pixels get their statistics from the formed components
 (cheaper there than the column-sum formulas' Python overhead, and exact two-pass)."""
-_SCIPY_EIGH_ABOVE = 2048
-"""Gram matrices larger than this go to SciPy's eigh, which can overwrite its input (NumPy's
-copies it: 128 MiB more at 4096 x 4096); others to NumPy's. Both run LAPACK's
-divide-and-conquer ``syevd`` (NumPy's was as fast or faster at every size measured, 28 to
-2048), and NumPy's spares a process the 0.18 s import of ``scipy.linalg``."""
 
 
 def validate_fractions(fractions: Iterable[float]) -> tuple[float, ...]:
@@ -91,14 +92,17 @@ class Bands:
         Whether ``x`` is the transpose of the channel given to :func:`decompose`.
     mask
         Optional boolean array like ``x``: statistics use only the True pixels.
+    xp
+        The array backend of ``x``, ``p``, ``v`` and ``mask`` (NumPy or torch).
     """
 
-    x: np.ndarray
-    p: np.ndarray
-    v: np.ndarray
+    x: Array
+    p: Array
+    v: Array
     ranks: tuple[int, ...]
     transposed: bool
-    mask: np.ndarray | None = None
+    mask: Array | None = None
+    xp: Backend = NUMPY
 
     @property
     def n_components(self) -> int:
@@ -108,6 +112,16 @@ class Bands:
     def shape(self) -> tuple[int, int]:
         h, w = self.x.shape
         return (w, h) if self.transposed else (h, w)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the decomposition (``P`` and ``V``)."""
+        return self.xp.nbytes(self.p) + self.xp.nbytes(self.v)
+
+    @property
+    def count(self) -> int:
+        """Pixels the statistics are taken over (the mask's, or every pixel)."""
+        return self.xp.size(self.x) if self.mask is None else int(self.mask.sum())
 
     def _column_slices(self) -> list[slice]:
         edges = (0, *self.ranks)
@@ -125,22 +139,23 @@ class Bands:
         Returns
         -------
         means, stds
-            float64 arrays of length ``n_components``, coarse to fine.
+            float64 NumPy arrays of length ``n_components``, coarse to fine.
         """
-        if self.x.size <= _SMALL:
+        xp = self.xp
+        size = xp.size(self.x)
+        if size <= _SMALL:
             comps = self.components()
             if self.mask is not None:
                 comps = comps[:, self.mask.T if self.transposed else self.mask]
                 if comps.shape[1] == 0:
                     return np.zeros(self.n_components), np.zeros(self.n_components)
             axes = tuple(range(1, comps.ndim))
-            return comps.mean(axis=axes), comps.std(axis=axes)
+            return xp.numpy(xp.mean(comps, axes)), xp.numpy(xp.std(comps, axes))
         if self.mask is not None:
             return self._masked_stats(self.mask)
-        size = self.x.size
         col_p = self.p.sum(axis=0)
         col_v = self.v.sum(axis=0)
-        energy_p = np.einsum("ij,ij->j", self.p, self.p)
+        energy_p = xp.einsum("ij,ij->j", self.p, self.p)
         slices = self._column_slices()
         means = [float(col_p[cols] @ col_v[cols]) / size for cols in slices]
         means.append(float(self.x.mean()) - sum(means))
@@ -153,18 +168,18 @@ class Bands:
             res = self.x[rows] - self.p[rows] @ self.v.T
             base -= means[0]
             res -= means[-1]
-            base_sq += float(np.einsum("ij,ij->", base, base))
-            res_sq += float(np.einsum("ij,ij->", res, res))
+            base_sq += float(xp.einsum("ij,ij->", base, base))
+            res_sq += float(xp.einsum("ij,ij->", res, res))
         var[0] = base_sq / size
         var.append(res_sq / size)
         return np.asarray(means), np.sqrt(np.maximum(var, 0.0))
 
-    def _block_components(self, rows: slice) -> list[np.ndarray]:
+    def _block_components(self, rows: slice) -> list[Array]:
         parts = [self.p[rows, cols] @ self.v[:, cols].T for cols in self._column_slices()]
         parts.append(self.x[rows] - sum(parts))
         return parts
 
-    def _masked_stats(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _masked_stats(self, mask: Array) -> tuple[np.ndarray, np.ndarray]:
         """Statistics over the True pixels of ``mask``: components formed in row blocks,
         means first, then centred squares (two passes, for accuracy)."""
         count = int(mask.sum())
@@ -175,16 +190,17 @@ class Bands:
         blocks = [slice(s, s + _ROW_BLOCK) for s in range(0, self.x.shape[0], _ROW_BLOCK)]
         for rows in blocks:
             for i, comp in enumerate(self._block_components(rows)):
-                sums[i] += comp[mask[rows]].sum()
+                sums[i] += float(comp[mask[rows]].sum())
         means = sums / count
         for rows in blocks:
             for i, comp in enumerate(self._block_components(rows)):
-                d = comp[mask[rows]] - means[i]
-                squares[i] += d @ d
+                d = comp[mask[rows]] - float(means[i])
+                squares[i] += float(d @ d)
         return means, np.sqrt(squares / count)
 
-    def combine(self, scales: Sequence[float] | np.ndarray, offset: float = 0.0) -> np.ndarray:
-        """Return ``sum_i scales[i] * c_i + offset`` as float64, in the channel's orientation."""
+    def combine(self, scales: Sequence[float] | np.ndarray, offset: float = 0.0) -> Array:
+        """Return ``sum_i scales[i] * c_i + offset`` as float64, in the channel's orientation
+        (on its device)."""
         a = np.asarray(scales, dtype=np.float64)
         if a.shape != (self.n_components,):
             raise ValueError(f"need {self.n_components} scales, got {a.shape}")
@@ -192,43 +208,44 @@ class Bands:
         column_scale = np.empty(self.p.shape[1], dtype=np.float64)
         for cols, scale in zip(self._column_slices(), a[:-1]):
             column_scale[cols] = scale - last
-        out = (self.p * column_scale) @ self.v.T
-        out += last * self.x
-        out += offset
+        out = (self.p * self.xp.asarray(column_scale, self.p)) @ self.v.T
+        out += float(last) * self.x
+        out += float(offset)
         return out.T if self.transposed else out
 
-    def component(self, index: int) -> np.ndarray:
+    def component(self, index: int) -> Array:
         """Materialize component ``index`` (0 = base) as float64."""
         scales = np.zeros(self.n_components)
         scales[index] = 1.0
         return self.combine(scales)
 
-    def components(self) -> np.ndarray:
+    def components(self) -> Array:
         """All components stacked, shape ``(n_components, h, w)``, float64.
 
         Each band is its own product ``P_i V_i^T`` (columns of band i only), so forming all
         of them costs one ``h x w x k_n`` product in total; the finest band is the rest.
         """
+        xp = self.xp
         h, w = self.x.shape
-        out = np.empty((self.n_components, h, w))
+        out = xp.empty((self.n_components, h, w), self.x)
         for i, cols in enumerate(self._column_slices()):
-            np.matmul(self.p[:, cols], self.v[:, cols].T, out=out[i])
-        np.subtract(self.x, out[:-1].sum(axis=0), out=out[-1])
-        return out.transpose(0, 2, 1) if self.transposed else out
+            xp.matmul(self.p[:, cols], self.v[:, cols].T, out=out[i])
+        xp.subtract(self.x, out[:-1].sum(axis=0), out=out[-1])
+        return xp.permute(out, (0, 2, 1)) if self.transposed else out
 
 
 def decompose(
-    channel: np.ndarray,
+    channel: Array,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    mask: np.ndarray | None = None,
+    mask: Array | None = None,
 ) -> Bands:
     """Split one channel into a base and bands (METHOD.md section 2).
 
     Parameters
     ----------
     channel
-        2-D array of any real dtype, in its working unit (METHOD.md section 1); it is
-        converted to float64 and never modified.
+        2-D array or tensor of any real dtype, in its working unit (METHOD.md section 1);
+        it is converted to float64 (on its device) and never modified.
     fractions
         Increasing fractions in (0, 1); n fractions give n + 1 components.
     mask
@@ -241,14 +258,17 @@ def decompose(
         The components held implicitly; see the module docstring.
     """
     fr = validate_fractions(fractions)
-    x = np.asarray(channel, dtype=np.float64)
+    xp = backend_of(channel)
+    x = xp.float64(channel)
     if x.ndim != 2:
-        raise ValueError(f"a channel must be 2-D, got shape {x.shape}")
+        raise ValueError(f"a channel must be 2-D, got shape {tuple(x.shape)}")
     transposed = x.shape[1] > x.shape[0]
     if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
+        mask = xp.as_bool(mask, x)
         if mask.shape != x.shape:
-            raise ValueError(f"mask shape {mask.shape} differs from the channel's {x.shape}")
+            raise ValueError(
+                f"mask shape {tuple(mask.shape)} differs from the channel's {tuple(x.shape)}"
+            )
         if mask.all():
             mask = None
     if transposed:
@@ -257,22 +277,14 @@ def decompose(
     w = x.shape[1]
     ranks = band_ranks(w, fr)
     k = ranks[-1]
-    gram = x.T @ x
     # eigh returns eigenvalues in ascending order: the last k columns, reversed, are V_k.
-    if w > _SCIPY_EIGH_ABOVE:
-        import scipy.linalg
-
-        _, vecs = scipy.linalg.eigh(gram, driver="evd", overwrite_a=True, check_finite=False)
-    else:
-        _, vecs = np.linalg.eigh(gram)
-    v = np.ascontiguousarray(vecs[:, w - k :][:, ::-1])
+    vecs = xp.eigh_vectors(x.T @ x)
+    v = xp.contiguous(xp.flip_last(vecs[:, w - k :]))
     p = x @ v
-    return Bands(x=x, p=p, v=v, ranks=ranks, transposed=transposed, mask=mask)
+    return Bands(x=x, p=p, v=v, ranks=ranks, transposed=transposed, mask=mask, xp=xp)
 
 
-def components_stack(
-    channels: np.ndarray, fractions: Sequence[float] = DEFAULT_FRACTIONS
-) -> np.ndarray:
+def components_stack(channels: Array, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> Array:
     """The components of many channels of one size at once, formed explicitly.
 
     For small images (a 28 x 28 channel decomposes in about 0.05 ms), calling
@@ -284,35 +296,37 @@ def components_stack(
     Parameters
     ----------
     channels
-        ``(N, h, w)``, any real dtype (converted to float64, never modified).
+        ``(N, h, w)``, any real dtype (converted to float64, never modified); a NumPy
+        array or a torch tensor.
     fractions
         As for :func:`decompose`.
 
     Returns
     -------
-    numpy.ndarray
+    Array
         float64 ``(N, n_components, h, w)``, coarse to fine; the finest band is the rest,
         ``X - sum`` of the others, as in :meth:`Bands.components`.
     """
     fr = validate_fractions(fractions)
-    x = np.asarray(channels, dtype=np.float64)
+    xp = backend_of(channels)
+    x = xp.float64(channels)
     if x.ndim != 3:
-        raise ValueError(f"a stack of channels must be 3-D, got shape {x.shape}")
+        raise ValueError(f"a stack of channels must be 3-D, got shape {tuple(x.shape)}")
     transposed = x.shape[2] > x.shape[1]
     if transposed:
-        x = x.transpose(0, 2, 1)
-    x = np.ascontiguousarray(x)
+        x = xp.permute(x, (0, 2, 1))
+    x = xp.contiguous(x)
     count, h, w = x.shape
     ranks = band_ranks(w, fr)
     k = ranks[-1]
-    gram = np.matmul(np.ascontiguousarray(x.transpose(0, 2, 1)), x)
-    _, vecs = np.linalg.eigh(gram)
-    v = np.ascontiguousarray(vecs[:, :, w - k :][:, :, ::-1])
-    p = np.matmul(x, v)
-    vt = np.ascontiguousarray(v.transpose(0, 2, 1))
-    out = np.empty((count, len(ranks) + 1, h, w))
+    gram = xp.matmul(xp.contiguous(xp.permute(x, (0, 2, 1))), x)
+    vecs = xp.eigh_vectors(gram)
+    v = xp.contiguous(xp.flip_last(vecs[:, :, w - k :]))
+    p = xp.matmul(x, v)
+    vt = xp.contiguous(xp.permute(v, (0, 2, 1)))
+    out = xp.empty((count, len(ranks) + 1, h, w), x)
     edges = (0, *ranks)
     for i, (a, b) in enumerate(zip(edges, edges[1:])):
-        np.matmul(p[:, :, a:b], vt[:, a:b], out=out[:, i])
-    np.subtract(x, out[:, :-1].sum(axis=1), out=out[:, -1])
-    return out.transpose(0, 1, 3, 2) if transposed else out
+        xp.matmul(p[:, :, a:b], vt[:, a:b], out=out[:, i])
+    xp.subtract(x, out[:, :-1].sum(axis=1), out=out[:, -1])
+    return xp.permute(out, (0, 1, 3, 2)) if transposed else out

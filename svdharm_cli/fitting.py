@@ -21,10 +21,10 @@ import numpy as np
 
 from svdharm_cli.executors import OneByOne
 from svdharm_cli.executors.work import Rooted
-from svdharm_cli.methods import decompose_channels, pool, slice_moments
 from svdharm_cli.plan import Unit
 from svdharm_cli.reference import Source
 from svdharm_cli.units import read_unit, unit_masks, volumes_of
+from svdharm_cli.volume import volume_moments
 from svdharm_cli.worker import OK, FileResult, Stop, outcome_of
 
 Statistics = tuple[str, np.ndarray, np.ndarray]
@@ -56,17 +56,16 @@ def unit_statistics(
     of a 4-D NIfTI counts as one; with ``per_slice`` every slice counts as one image.
     """
     images = read_unit(root, unit, max_pixels, slice_axis)
-    moments = []
     masks = unit_masks(images, unit, root, mask, mask_dir, slice_axis)
-    for image, volume_mask in zip(images, masks):
-        for f, frame in enumerate(image.frames):
-            plane = None if volume_mask is None else volume_mask[f]
-            moments.append(slice_moments(decompose_channels(frame, fractions, plane)))
-    groups = [[i] for i in range(len(moments))] if per_slice else volumes_of(images)
-    stats = []
-    for group in groups:
-        pooled = pool([moments[i] for i in group])
-        stats.append((images[0].unit, pooled.means, pooled.stds))
+    slices = [frame for image in images for frame in image.frames]
+    planes = [
+        None if volume_mask is None else volume_mask[f]
+        for image, volume_mask in zip(images, masks)
+        for f in range(image.frame_count)
+    ]
+    groups = [[i] for i in range(len(slices))] if per_slice else volumes_of(images)
+    pooled = volume_moments(slices, fractions, planes, groups)
+    stats = [(images[0].unit, m.means, m.stds) for m in pooled]
     sources = [
         Source(str(root / rel), sha256_file(root / rel), im.shape, im.unit, im.channel_count)
         for rel, im in zip(unit.files, images)

@@ -147,11 +147,7 @@ def save_reference(reference: Reference, path: Path) -> None:
 
 def read_reference_json(path: Path) -> tuple[Reference, str]:
     """A reference JSON file, validated, and the SHA-256 of the file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ReferenceFileError(f"reference {path}: cannot read: {exc}") from exc
-    return Reference.from_json(text, origin=str(path)), sha256_file(path)
+    return Reference.read(path), sha256_file(path)
 
 
 def merge_references(paths: Sequence[Path]) -> Reference:

@@ -26,6 +26,7 @@ from enum import Enum
 
 import numpy as np
 
+from svdharm_cli.backend import Array, backend_of
 from svdharm_cli.bands import DEFAULT_FRACTIONS, Bands, decompose
 
 ZERO_STD = 1e-6
@@ -45,9 +46,9 @@ class Method(str, Enum):
 
 
 def decompose_channels(
-    channels: np.ndarray,
+    channels: Array,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    mask: np.ndarray | None = None,
+    mask: Array | None = None,
 ) -> list[Bands]:
     """Decompose each channel of ``(c, h, w)`` once, for reuse by several transforms.
 
@@ -91,8 +92,7 @@ class Moments:
 
 def slice_moments(bands: Sequence[Bands]) -> Moments:
     """The moments of one decomposed slice (its channels share one mask)."""
-    first = bands[0]
-    count = first.x.size if first.mask is None else int(first.mask.sum())
+    count = bands[0].count
     stats = [b.stats for b in bands]
     return Moments(count, np.stack([m for m, _ in stats]), np.stack([s for _, s in stats]))
 
@@ -192,7 +192,8 @@ def transform(
     # Components matched to the reference: all, or only the base when bands are scaled.
     matched = 0 if reference is None else (n if coefficients is None else 1)
     h, w = bands[0].shape
-    out = np.empty((c, h, w), dtype=np.float64)
+    xp = bands[0].xp
+    out = xp.empty((c, h, w), bands[0].x)
     for k, channel in enumerate(bands):
         scales = np.ones(n) if coefficients is None else np.array(coefficients[k], dtype=float)
         offset = 0.0
@@ -203,7 +204,7 @@ def transform(
                 offset += reference[0][k, i] - scales[i] * m[i]
         out[k] = channel.combine(scales, offset)
     if clip:
-        np.clip(out, 0.0, 1.0, out=out)
+        xp.clip_(out, 0.0, 1.0)
     return out
 
 
@@ -223,21 +224,23 @@ def transform_stack(
     """
     if reference is None and coefficients is None:
         raise ValueError("need a reference, coefficients, or both")
+    xp = backend_of(components)
     count, n = components.shape[:2]
     flat = components.reshape(count, n, -1)
     scales = np.ones((count, n)) if coefficients is None else np.array(coefficients, dtype=float)
     offset = np.zeros(count)
     if reference is not None:
         matched = n if coefficients is None else 1
-        m = flat[:, :matched].mean(axis=2)
-        centred = flat[:, :matched] - m[:, :, None]
-        s = np.sqrt(np.einsum("cij,cij->ci", centred, centred) / flat.shape[2])
+        m = xp.numpy(xp.mean(flat[:, :matched], 2))
+        centred = flat[:, :matched] - xp.asarray(m, flat)[:, :, None]
+        energy = xp.numpy(xp.einsum("cij,cij->ci", centred, centred))
+        s = np.sqrt(energy / flat.shape[2])
         varies = s > ZERO_STD  # a constant component is only shifted (as in transform)
         ratio = reference[1][:, :matched] / np.where(varies, s, 1.0)
         scales[:, :matched] = np.where(varies, ratio, 1.0)
         offset = (reference[0][:, :matched] - scales[:, :matched] * m).sum(axis=1)
-    out = np.einsum("ci,cij->cj", scales, flat)
-    out += offset[:, None]
+    out = xp.einsum("ci,cij->cj", xp.asarray(scales, flat), flat)
+    out += xp.asarray(offset, flat)[:, None]
     return out.reshape(count, *components.shape[2:])
 
 
@@ -275,8 +278,8 @@ def output_seed(base_seed: int, relative_path: str, copy_index: int) -> int:
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1
 
 
-def _as_channels(channels: np.ndarray) -> np.ndarray:
-    arr = np.asarray(channels)
+def _as_channels(channels: Array) -> Array:
+    arr = channels if backend_of(channels).name == "torch" else np.asarray(channels)
     if arr.ndim != 3:
-        raise ValueError(f"channels must have shape (c, h, w), got {arr.shape}")
+        raise ValueError(f"channels must have shape (c, h, w), got {tuple(arr.shape)}")
     return arr

@@ -44,8 +44,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -117,6 +119,10 @@ class Reference:
     tool_version: str = __version__
     mask: str = "none"
     merged: tuple[Merged, ...] = ()
+
+    def __repr__(self) -> str:
+        entries = ", ".join(f"{e.kind}: {e.images} image(s)" for e in self.entries)
+        return f"Reference(fractions={list(self.fractions)}, mask={self.mask!r}, [{entries}])"
 
     def without_paths(self) -> Reference:
         """The same reference, its sources recorded by SHA-256, shape, unit and channels."""
@@ -267,6 +273,16 @@ class Reference:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> Reference:
+        """A reference JSON file (what ``fit-reference`` writes), validated;
+        :class:`ReferenceFileError` says what is wrong with it."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ReferenceFileError(f"reference {path}: cannot read: {exc}") from exc
+        return cls.from_json(text, origin=str(path))
 
     @classmethod
     def from_json(cls, text: str, origin: str = "reference") -> Reference:

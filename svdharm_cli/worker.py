@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +34,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from svdharm_cli.atomic import Staged, staged
-from svdharm_cli.bands import Bands, components_stack
+from svdharm_cli.bands import components_stack
 from svdharm_cli.errors import ImageError, SkipImage, SvdharmError, exception_name, exception_record
 from svdharm_cli.formats import (
     DEFAULT_MAX_PIXELS,
@@ -49,26 +48,19 @@ from svdharm_cli.methods import (
     DEFAULT_HIGH,
     DEFAULT_LOW,
     Method,
-    Moments,
-    decompose_channels,
     draw_coefficients,
     output_seed,
-    pool,
-    slice_moments,
-    transform,
     transform_stack,
 )
 from svdharm_cli.plan import Unit, output_paths
 from svdharm_cli.reference import Entry, Reference
 from svdharm_cli.safety import signals_deferred
 from svdharm_cli.units import entry_for, read_unit, unit_masks, volumes_of
+from svdharm_cli.volume import CACHE_BYTES, Map, transform_volume
 
 OK, SKIPPED, FAILED = "ok", "skipped", "failed"
 ALREADY_DONE = "outputs already exist (--skip-existing)"
 """The reason of a file skipped because an earlier run finished it."""
-
-CACHE_BYTES = 512 * 2**20
-"""Decompositions kept between the statistics step and the apply step of one volume."""
 
 T = TypeVar("T")
 
@@ -458,72 +450,36 @@ def _transform_and_write(
     """Transform every slice and write every copy to the stage's temporaries; return the
     records of each file's outputs. Raises :class:`Stopped` when ``stop`` says so."""
     images, masks, entry = prepared.images, prepared.masks, prepared.entry
-    slices = [(image, f) for image in images for f in range(image.frame_count)]
-    copies = len(prepared.planned[0])
-    coefficients = prepared.coefficients
-    reference = None if entry is None else (entry.mean, entry.std)
+    where = [(k, f) for k, image in enumerate(images) for f in range(image.frame_count)]
+    planes = [images[k].frames[f] for k, f in where]
+    planes_masks = [_plane(masks[k], f) for k, f in where]
+    news = [
+        [np.empty(im.frames.shape, np.float64 if im.unit == RAW else np.float32) for im in images]
+        for _ in prepared.coefficients
+    ]
 
-    where = {id(image): k for k, image in enumerate(images)}
-
-    def mask_of(i: int) -> np.ndarray | None:
-        image, f = slices[i]
-        mask = masks[where[id(image)]]
-        return None if mask is None else mask[f]
-
-    def decompose(i: int) -> list[Bands]:
+    def check() -> None:
         if stop is not None and stop():
             raise Stopped
-        image, f = slices[i]
-        return decompose_channels(image.frames[f], config.fractions, mask_of(i))
 
-    cache: list[list[Bands] | None] = [None] * len(slices)
-    stats: list[Moments | None] = [None] * len(slices)
-    with _slice_threads(threads, len(slices)) as run:
-        if reference is not None and not config.per_slice and len(slices) > 1:
-            budget = [CACHE_BYTES]
-            lock = threading.Lock()
+    def store(j: int, i: int, values: np.ndarray) -> None:
+        k, f = where[i]
+        news[j][k][f] = values
 
-            def measure(i: int) -> Moments:
-                bands = decompose(i)
-                size = sum(b.p.nbytes + b.v.nbytes for b in bands)
-                with lock:
-                    if size <= budget[0]:
-                        budget[0] -= size
-                        cache[i] = bands
-                return slice_moments(bands)
-
-            moments = run(measure, range(len(slices)))
-            for group in volumes_of(images):
-                pooled = pool([moments[i] for i in group])
-                for i in group:
-                    stats[i] = pooled
-        news = [
-            [
-                np.empty(im.frames.shape, np.float64 if im.unit == RAW else np.float32)
-                for im in images
-            ]
-            for _ in range(copies)
-        ]
-
-        def apply(i: int) -> None:
-            bands = cache[i] or decompose(i)
-            cache[i] = None
-            image, f = slices[i]
-            inside = mask_of(i)
-            outside = None if inside is None else ~inside
-            for j in range(copies):
-                new = news[j][where[id(image)]]
-                new[f] = transform(
-                    bands,
-                    reference=reference,
-                    coefficients=coefficients[j],
-                    clip=False,
-                    stats=stats[i],
-                )
-                if outside is not None:  # outside the mask: written back unchanged
-                    new[f][:, outside] = image.frames[f][:, outside]
-
-        run(apply, range(len(slices)))
+    with _slice_threads(threads, len(planes)) as run:
+        transform_volume(
+            planes,
+            config.fractions,
+            reference=None if entry is None else (entry.mean, entry.std),
+            coefficients=prepared.coefficients,
+            masks=planes_masks,
+            groups=volumes_of(images),
+            per_slice=config.per_slice,
+            run=run,
+            check=check,
+            cache_bytes=CACHE_BYTES,
+            sink=store,
+        )
     return _write_copies(prepared, config, news, stage)
 
 
@@ -551,10 +507,12 @@ def _write_copies(
     return outputs
 
 
+def _plane(mask: np.ndarray | None, f: int) -> np.ndarray | None:
+    return None if mask is None else mask[f]
+
+
 @contextlib.contextmanager
-def _slice_threads(
-    threads: int, count: int
-) -> Iterator[Callable[[Callable[[int], T], Sequence[int] | range], list[T]]]:
+def _slice_threads(threads: int, count: int) -> Iterator[Map]:
     """Yield ``run(fn, indices)``: a map over slices, threaded when that helps."""
     if threads <= 1 or count <= 1:
         yield lambda fn, items: [fn(i) for i in items]

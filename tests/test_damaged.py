@@ -19,6 +19,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian
 
+import svdharm_cli.volume as volume
 import svdharm_cli.worker as worker
 from svdharm_cli.errors import ImageError, SkipImage
 from svdharm_cli.formats import handler_for, read_image, read_mask
@@ -303,12 +304,13 @@ def test_a_bug_in_svdharm_fails_the_unit_and_stays_visible(
     def broken(*args: object, **kwargs: object) -> None:
         raise TypeError("a bug")
 
-    monkeypatch.setattr(worker, "transform", broken)
+    monkeypatch.setattr(volume, "transform", broken)
     result = process_unit(Unit(("a.png",), "a.png"), _config(tmp_path, Method.DEHARMONIZE))[0]
     assert result.status == FAILED
     assert worker.INTERNAL in (result.reason or "") and "TypeError" in (result.reason or "")
     assert result.error is not None and result.error["type"] == "TypeError"
     assert any("svdharm_cli/worker.py" in f for f in result.error["traceback"])
+    assert any("svdharm_cli/volume.py" in f for f in result.error["traceback"])
     assert not (tmp_path / "out" / "a_aug0.png").exists()
 
 

@@ -1,0 +1,575 @@
+"""SVD band harmonization and de-harmonization as training-loop transforms (METHOD.md 7a).
+
+Framework-free callables: a NumPy array or a torch tensor in, the same type, dtype, device
+and shape out. Images are channel-first, ``(C, H, W)``, and volumes ``(C, X, Y, Z)`` with
+their slices along ``slice_axis`` (the last by default, as MONAI and TorchIO hold them; a
+TorchIO 2-D image ``(C, W, H, 1)`` is a volume of one slice). The work is the CLI's own
+(:mod:`svdharm_cli.volume`): every slice decomposed in float64 on the input's device, the
+moments pooled over the slices and the mask, one map per component applied to every slice.
+
+- :class:`SVDHarmonize`: match each band to a reference (the JSON files ``fit-reference``
+  writes, or :func:`fit_reference` on arrays); with ``coefficients`` the base is matched
+  and the bands are scaled (the replay of :class:`RandSVDHarmonizeDeharmonize`).
+- :class:`SVDDeharmonize`: scale the components by given coefficients (a replayed draw).
+- :class:`RandSVDDeharmonize`, :class:`RandSVDHarmonizeDeharmonize`: one draw of
+  ``Uniform[low, high]`` coefficients per call, shared by the channels (unless
+  ``per_channel``) and by every slice; ``last_coefficients`` holds it and ``replay()``
+  returns the deterministic twin that reproduces the call.
+
+Units are the CLI's, stated by the caller since an array does not carry one:
+``"normalized"`` (values in [0, 1], what MONAI's ``ScaleIntensity`` gives; results are
+clipped to [0, 1]), ``"HU"`` (CT in Hounsfield units) and ``"raw"`` (any other values, as
+NIfTI stores them); HU and raw results are not saturated. Integer inputs are rounded to
+nearest and saturated to their dtype's range.
+
+Random state: each random transform owns a NumPy generator seeded by ``seed``. Inside a
+PyTorch ``DataLoader`` worker it is re-seeded from ``seed`` and the worker's seed (which the
+DataLoader derives from its own generator for every worker and epoch), so workers never
+repeat each other's draws and a run with a seeded ``torch`` generator reproduces. MONAI and
+TorchIO users get their framework's conventions from :mod:`svdharm_cli.transforms.monai`
+and :mod:`svdharm_cli.transforms.torchio`.
+
+torch is imported only when a tensor is given: ``import svdharm_cli.transforms`` does not.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from svdharm_cli.backend import Array, Backend, backend_of
+from svdharm_cli.bands import DEFAULT_FRACTIONS, validate_fractions
+from svdharm_cli.methods import DEFAULT_HIGH, DEFAULT_LOW
+from svdharm_cli.reference import UNITS, Entry, Reference, describe_kind
+from svdharm_cli.volume import transform_volume, volume_moments
+
+__all__ = [
+    "RandSVDDeharmonize",
+    "RandSVDHarmonizeDeharmonize",
+    "SVDDeharmonize",
+    "SVDHarmonize",
+    "fit_reference",
+    "load_reference",
+]
+
+NORMALIZED_SLACK = 1e-6
+"""How far outside [0, 1] a ``normalized`` input may stray (rounding of earlier steps)."""
+
+ReferenceLike = Any
+"""A :class:`~svdharm_cli.reference.Reference` or the path of a reference JSON file."""
+MaskLike = Any
+"""None (every pixel), ``"auto"`` (the CLI's ``--mask auto`` estimate) or a boolean array
+of the input's spatial shape (with or without a leading channel axis of 1)."""
+
+
+_ONE_THREAD: set[int] = set()
+"""Processes (DataLoader workers) whose BLAS was limited to one thread."""
+
+
+def _one_blas_thread_in_workers() -> None:
+    """In a PyTorch DataLoader worker, limit BLAS to one thread, as PyTorch limits its own
+    threads there: several workers each running a threaded LAPACK oversubscribe the cores
+    (an epoch of 256 128 x 128 images: 2.7 s, against 0.47 s so limited, 2 workers on 2
+    cores)."""
+    data = sys.modules.get("torch.utils.data")
+    if data is None or os.getpid() in _ONE_THREAD or data.get_worker_info() is None:
+        return
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+    _ONE_THREAD.add(os.getpid())
+
+
+def load_reference(reference: ReferenceLike) -> Reference:
+    """A :class:`~svdharm_cli.reference.Reference` from itself or a JSON file's path."""
+    if isinstance(reference, Reference):
+        return reference
+    if isinstance(reference, (str, os.PathLike)):
+        return Reference.read(reference)
+    raise TypeError(
+        f"reference must be a Reference or the path of a reference JSON file, got "
+        f"{type(reference).__name__}"
+    )
+
+
+@dataclass
+class _Layout:
+    """An input split into slices ``(C, h, w)``, float64 on its device, and put back."""
+
+    xp: Backend
+    original: Array
+    volume: Array
+    """``(S, C, h, w)``: the input with its slice axis first (a view where possible)."""
+    slice_axis: int | None
+    """The spatial axis of the input holding the slices (1, 2 or 3); None for 2-D."""
+    extrema: tuple[float, float]
+
+    @classmethod
+    def of(cls, img: Array, slice_axis: int) -> _Layout:
+        _one_blas_thread_in_workers()
+        xp = backend_of(img)
+        if img.ndim not in (3, 4):
+            raise ValueError(
+                f"expected a channel-first image (C, H, W) or volume (C, X, Y, Z), got shape "
+                f"{tuple(img.shape)}; add a channel axis first (MONAI's EnsureChannelFirst)"
+            )
+        if 0 in tuple(img.shape):
+            raise ValueError(f"the input is empty (shape {tuple(img.shape)})")
+        if str(img.dtype).endswith("bool"):
+            raise TypeError("a boolean array is a mask, not an image")
+        x = xp.float64(img)
+        extrema = xp.extrema(x)
+        if not all(math.isfinite(v) for v in extrema):
+            raise ValueError("the input has NaN or infinite values")
+        if img.ndim == 3:
+            return cls(xp, img, x[None], None, extrema)
+        axis = _spatial_axis(slice_axis)
+        # Slices contiguous (one copy): every product of the decomposition runs faster.
+        return cls(xp, img, xp.contiguous(xp.moveaxis(x, axis, 0)), axis, extrema)
+
+    @property
+    def channels(self) -> int:
+        return int(self.volume.shape[1])
+
+    @property
+    def slices(self) -> list[Array]:
+        return [self.volume[s] for s in range(self.volume.shape[0])]
+
+    def describe(self, unit: str) -> str:
+        return f"{describe_kind(unit, self.channels)}, shape {tuple(self.original.shape)}"
+
+    def masks(self, mask: MaskLike) -> list[Array | None] | None:
+        """One boolean ``(h, w)`` mask per slice, or None."""
+        if mask is None:
+            return None
+        if isinstance(mask, str):
+            if mask != "auto":
+                raise ValueError(f"mask must be None, 'auto' or a boolean array, not {mask!r}")
+            from svdharm_cli.masks import auto_mask
+
+            estimate = auto_mask(self.xp.numpy(self.volume))
+            return list(estimate)
+        m = mask
+        spatial = tuple(self.original.shape[1:])
+        if tuple(m.shape) == (1, *spatial):
+            m = m[0]
+        if tuple(m.shape) != spatial:
+            raise ValueError(
+                f"a mask of shape {tuple(mask.shape)} does not fit an input of shape "
+                f"{tuple(self.original.shape)} (it needs the spatial shape {spatial})"
+            )
+        xp = backend_of(m)
+        if self.slice_axis is None:
+            return [m]
+        moved = xp.moveaxis(m, self.slice_axis - 1, 0)
+        return [moved[s] for s in range(moved.shape[0])]
+
+    def assemble(self, slices: Sequence[Array], unit: str) -> Array:
+        """New slices as an array of the input's type, dtype, device and layout."""
+        xp = self.xp
+        stacked = xp.stack(slices)
+        out = stacked[0] if self.slice_axis is None else xp.moveaxis(stacked, 0, self.slice_axis)
+        if unit == "normalized":
+            xp.clip_(out, 0.0, 1.0)
+        return xp.like_input(out, self.original)
+
+
+def _spatial_axis(slice_axis: int) -> int:
+    """The input axis (1, 2 or 3) of a volume's slices; ``slice_axis`` counts from the
+    first spatial axis (0, 1, 2) or from the end (-1, -2, -3)."""
+    if slice_axis in (-1, -2, -3):
+        return 4 + slice_axis
+    if slice_axis in (0, 1, 2):
+        return slice_axis + 1
+    raise ValueError(f"slice_axis must be a spatial axis (0, 1, 2 or -1, -2, -3), not {slice_axis}")
+
+
+def _check_unit(unit: str) -> str:
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {', '.join(UNITS)}, not {unit!r}")
+    return unit
+
+
+def _check_range(layout: _Layout, unit: str) -> None:
+    if unit != "normalized":
+        return
+    low, high = layout.extrema
+    if low < -NORMALIZED_SLACK or high > 1 + NORMALIZED_SLACK:
+        raise ValueError(
+            f"the input's values span [{low:.6g}, {high:.6g}], but unit 'normalized' means "
+            "[0, 1] (scale it first, e.g. MONAI's ScaleIntensity; CT in Hounsfield units is "
+            "unit='HU', other physical values unit='raw')"
+        )
+
+
+def _coefficient_rows(coefficients: Any, channels: int, n: int) -> np.ndarray:
+    """Coefficients as ``(channels, n)``: one row shared by every channel, or one per channel."""
+    c = np.array(_host(coefficients), dtype=np.float64)
+    if c.shape == (n,):
+        return np.tile(c, (channels, 1))
+    if c.shape == (channels, n):
+        return c
+    raise ValueError(
+        f"coefficients of shape {c.shape} do not fit {channels} channel(s) and {n} components "
+        f"(give {n} values, or {channels} rows of {n})"
+    )
+
+
+def _host(values: Any) -> Any:
+    return backend_of(values).numpy(values) if hasattr(values, "shape") else values
+
+
+def _apply(
+    layout: _Layout,
+    *,
+    fractions: Sequence[float],
+    entry: Entry | None,
+    coefficients: np.ndarray | None,
+    unit: str,
+    mask: MaskLike,
+) -> Array:
+    _check_range(layout, unit)
+    out = transform_volume(
+        layout.slices,
+        fractions,
+        reference=None if entry is None else (entry.mean, entry.std),
+        coefficients=[coefficients],
+        masks=layout.masks(mask),
+    )[0]
+    return layout.assemble(out, unit)
+
+
+class SVDHarmonize:
+    """Match every band's mean and std to a reference (METHOD.md section 4).
+
+    Parameters
+    ----------
+    reference
+        A reference JSON path or a loaded :class:`~svdharm_cli.reference.Reference`; the
+        entry of the input's unit and channel count is used, as on the CLI.
+    coefficients
+        Optional band coefficients (``n_components`` values, or one row per channel): the
+        base is matched and the bands scaled (METHOD.md section 6); the base's coefficient
+        is ignored. This is what :meth:`RandSVDHarmonizeDeharmonize.replay` returns.
+    unit
+        ``"normalized"``, ``"HU"`` or ``"raw"``: the input's unit (see the module).
+    mask
+        None, ``"auto"`` or a boolean array: statistics over the mask, pixels outside it
+        returned unchanged. A ``mask`` given to the call replaces it for that call.
+    slice_axis
+        The slice axis of a volume (``-1``: the last).
+    """
+
+    def __init__(
+        self,
+        reference: ReferenceLike,
+        *,
+        coefficients: Any = None,
+        unit: str = "normalized",
+        mask: MaskLike = None,
+        slice_axis: int = -1,
+    ) -> None:
+        self.reference = load_reference(reference)
+        self.unit = _check_unit(unit)
+        self.mask = mask
+        self.slice_axis = slice_axis
+        _spatial_axis(slice_axis)
+        self.coefficients = None if coefficients is None else np.asarray(_host(coefficients))
+
+    def entry(self, layout: _Layout) -> Entry:
+        """The reference's entry for the input's unit and channel count."""
+        found = self.reference.entry(self.unit, layout.channels)
+        if found is None:
+            raise ValueError(
+                f"the input is {layout.describe(self.unit)}, but the reference has statistics "
+                f"only for {self.reference.kinds()}"
+            )
+        return found
+
+    def __call__(self, img: Array, mask: MaskLike = None) -> Array:
+        layout = _Layout.of(img, self.slice_axis)
+        entry = self.entry(layout)
+        n = self.reference.n_components
+        rows = None
+        if self.coefficients is not None:
+            rows = _coefficient_rows(self.coefficients, entry.channels, n)
+            rows[:, 0] = 1.0  # the base is matched, its coefficient unused
+        return _apply(
+            layout,
+            fractions=self.reference.fractions,
+            entry=entry,
+            coefficients=rows,
+            unit=self.unit,
+            mask=self.mask if mask is None else mask,
+        )
+
+    def __repr__(self) -> str:
+        extra = "" if self.coefficients is None else f", coefficients={self.coefficients.tolist()}"
+        return f"{type(self).__name__}(unit={self.unit!r}{extra})"
+
+
+class SVDDeharmonize:
+    """Scale component i of every channel by ``coefficients[i]`` (METHOD.md section 5).
+
+    ``coefficients`` holds ``len(fractions) + 1`` values shared by the channels, or one row
+    per channel; the other parameters are those of :class:`SVDHarmonize`.
+    """
+
+    def __init__(
+        self,
+        coefficients: Any,
+        *,
+        fractions: Sequence[float] = DEFAULT_FRACTIONS,
+        unit: str = "normalized",
+        mask: MaskLike = None,
+        slice_axis: int = -1,
+    ) -> None:
+        self.fractions = validate_fractions(fractions)
+        self.coefficients = np.asarray(_host(coefficients), dtype=np.float64)
+        if (
+            self.coefficients.ndim not in (1, 2)
+            or self.coefficients.shape[-1] != len(self.fractions) + 1
+        ):
+            raise ValueError(
+                f"coefficients of shape {self.coefficients.shape} do not fit "
+                f"{len(self.fractions)} cuts ({len(self.fractions) + 1} components)"
+            )
+        self.unit = _check_unit(unit)
+        self.mask = mask
+        self.slice_axis = slice_axis
+        _spatial_axis(slice_axis)
+
+    def __call__(self, img: Array, mask: MaskLike = None) -> Array:
+        layout = _Layout.of(img, self.slice_axis)
+        rows = _coefficient_rows(self.coefficients, layout.channels, len(self.fractions) + 1)
+        return _apply(
+            layout,
+            fractions=self.fractions,
+            entry=None,
+            coefficients=rows,
+            unit=self.unit,
+            mask=self.mask if mask is None else mask,
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(coefficients={self.coefficients.tolist()})"
+
+
+class _Random:
+    """A generator of its own, re-seeded in each DataLoader worker (see the module)."""
+
+    def __init__(
+        self, low: float, high: float, per_channel: bool, prob: float, seed: int | None
+    ) -> None:
+        if not low <= high:
+            raise ValueError(f"low ({low}) must not exceed high ({high})")
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"prob must be in [0, 1], not {prob}")
+        self.low, self.high = float(low), float(high)
+        self.per_channel = per_channel
+        self.prob = float(prob)
+        self.seed = seed
+        self._worker: Any = None
+        self._rng = np.random.default_rng(seed)
+        self.last_coefficients: np.ndarray | None = None
+        """The coefficients of the last call, ``(channels, n_components)``; None when that
+        call did not apply them (``prob``)."""
+
+    def set_random_state(self, seed: int | None) -> _Random:
+        """Start the generator again from ``seed``."""
+        self.seed = seed
+        self._worker = None
+        self._rng = np.random.default_rng(seed)
+        return self
+
+    def _generator(self) -> np.random.Generator:
+        data = sys.modules.get("torch.utils.data")
+        info = data.get_worker_info() if data is not None else None
+        if info is not None and info.seed != self._worker:
+            self._worker = info.seed
+            key = [info.seed] if self.seed is None else [self.seed, info.seed]
+            self._rng = np.random.default_rng(key)
+        return self._rng
+
+    def randomize(self, channels: int, n: int) -> np.ndarray | None:
+        """Draw for one call: whether to apply (``prob``), then the coefficients (both are
+        always drawn, so the stream does not depend on the outcome)."""
+        rng = self._generator()
+        apply = rng.random() < self.prob
+        if self.per_channel:
+            drawn = rng.uniform(self.low, self.high, size=(channels, n))
+        else:
+            drawn = np.tile(rng.uniform(self.low, self.high, size=n), (channels, 1))
+        self.last_coefficients = drawn if apply else None
+        return self.last_coefficients
+
+
+class RandSVDDeharmonize(_Random):
+    """De-harmonization as an augmentation: coefficients ``~ Uniform[low, high]``, one draw
+    per call (METHOD.md section 5); ``prob`` is the chance a call applies them (an input
+    not drawn is returned as it is). ``replay()`` gives the :class:`SVDDeharmonize` of the
+    last call."""
+
+    def __init__(
+        self,
+        low: float = DEFAULT_LOW,
+        high: float = DEFAULT_HIGH,
+        *,
+        per_channel: bool = False,
+        prob: float = 1.0,
+        seed: int | None = None,
+        fractions: Sequence[float] = DEFAULT_FRACTIONS,
+        unit: str = "normalized",
+        mask: MaskLike = None,
+        slice_axis: int = -1,
+    ) -> None:
+        super().__init__(low, high, per_channel, prob, seed)
+        self.fractions = validate_fractions(fractions)
+        self.unit = _check_unit(unit)
+        self.mask = mask
+        self.slice_axis = slice_axis
+        _spatial_axis(slice_axis)
+
+    def __call__(self, img: Array, mask: MaskLike = None) -> Array:
+        layout = _Layout.of(img, self.slice_axis)
+        coefficients = self.randomize(layout.channels, len(self.fractions) + 1)
+        if coefficients is None:
+            return img
+        return _apply(
+            layout,
+            fractions=self.fractions,
+            entry=None,
+            coefficients=coefficients,
+            unit=self.unit,
+            mask=self.mask if mask is None else mask,
+        )
+
+    def replay(self) -> SVDDeharmonize:
+        """The deterministic transform that repeats the last call."""
+        if self.last_coefficients is None:
+            raise ValueError("the last call applied no coefficients (or there was none)")
+        return SVDDeharmonize(
+            self.last_coefficients,
+            fractions=self.fractions,
+            unit=self.unit,
+            mask=self.mask,
+            slice_axis=self.slice_axis,
+        )
+
+
+class RandSVDHarmonizeDeharmonize(_Random):
+    """The paper's best method (METHOD.md section 6): the base matched to the reference,
+    the bands scaled by coefficients ``~ Uniform[low, high]`` drawn once per call.
+
+    With ``prob`` below 1, an input not drawn is still harmonized (every component matched,
+    as :class:`SVDHarmonize` does), so that every sample is in the reference's statistics,
+    as the test images will be. ``last_coefficients`` holds the draw, its base column 1
+    (unused), or None; ``replay()`` gives the :class:`SVDHarmonize` of the last call.
+    """
+
+    def __init__(
+        self,
+        reference: ReferenceLike,
+        low: float = DEFAULT_LOW,
+        high: float = DEFAULT_HIGH,
+        *,
+        per_channel: bool = False,
+        prob: float = 1.0,
+        seed: int | None = None,
+        unit: str = "normalized",
+        mask: MaskLike = None,
+        slice_axis: int = -1,
+    ) -> None:
+        super().__init__(low, high, per_channel, prob, seed)
+        self.harmonize = SVDHarmonize(reference, unit=unit, mask=mask, slice_axis=slice_axis)
+
+    @property
+    def reference(self) -> Reference:
+        return self.harmonize.reference
+
+    def __call__(self, img: Array, mask: MaskLike = None) -> Array:
+        layout = _Layout.of(img, self.harmonize.slice_axis)
+        entry = self.harmonize.entry(layout)
+        n = self.reference.n_components
+        rows = self.randomize(entry.channels, n)
+        if rows is not None:
+            rows[:, 0] = 1.0  # the base is matched; its coefficient is not used
+        return _apply(
+            layout,
+            fractions=self.reference.fractions,
+            entry=entry,
+            coefficients=rows,
+            unit=self.harmonize.unit,
+            mask=self.harmonize.mask if mask is None else mask,
+        )
+
+    def replay(self) -> SVDHarmonize:
+        """The deterministic transform that repeats the last call."""
+        return SVDHarmonize(
+            self.reference,
+            coefficients=self.last_coefficients,
+            unit=self.harmonize.unit,
+            mask=self.harmonize.mask,
+            slice_axis=self.harmonize.slice_axis,
+        )
+
+
+def fit_reference(
+    images: Iterable[Array],
+    *,
+    unit: str = "normalized",
+    fractions: Sequence[float] | None = None,
+    mask: MaskLike | Sequence[Any] = None,
+    slice_axis: int = -1,
+    per_slice: bool = False,
+) -> Reference:
+    """A reference from images in memory: what ``fit-reference`` writes for the same images.
+
+    Parameters
+    ----------
+    images
+        Arrays or tensors, ``(C, H, W)`` or volumes ``(C, X, Y, Z)`` (a volume counts as one
+        image, its slices pooled; ``per_slice`` counts each slice as one); kinds may mix,
+        each (unit, channel count) giving one entry.
+    unit
+        The images' unit (see the module); all images share it.
+    fractions
+        The band cuts; the paper's (0.07, 0.20, 0.50) by default.
+    mask
+        None, ``"auto"``, or one boolean mask (or None) per image.
+
+    Returns
+    -------
+    Reference
+        With no sources (arrays have no file to name or hash); ``Reference.to_json()``
+        gives the file ``fit-reference`` would write, which the CLI and
+        :class:`SVDHarmonize` read.
+    """
+    fr = validate_fractions(DEFAULT_FRACTIONS if fractions is None else fractions)
+    _check_unit(unit)
+    items = list(images)
+    if not items:
+        raise ValueError("a reference needs at least one image")
+    if isinstance(mask, str) or mask is None:
+        masks: list[Any] = [mask] * len(items)
+        mode = "none" if mask is None else "auto"
+    else:
+        masks = list(mask)
+        if len(masks) != len(items):
+            raise ValueError(f"{len(masks)} masks for {len(items)} images")
+        mode = "dir"
+    stats = []
+    for img, m in zip(items, masks):
+        layout = _Layout.of(img, slice_axis)
+        _check_range(layout, unit)
+        count = layout.volume.shape[0]
+        groups = [[s] for s in range(count)] if per_slice else None
+        for pooled in volume_moments(layout.slices, fr, layout.masks(m), groups):
+            stats.append((unit, pooled.means, pooled.stds))
+    return Reference.fit(stats, fr, mask=mode)

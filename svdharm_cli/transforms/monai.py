@@ -1,0 +1,357 @@
+"""The SVD band transforms as MONAI transforms (``pip install 'svdharm[monai]'``).
+
+Array transforms :class:`SVDHarmonize` (a ``Transform``: deterministic, so
+``CacheDataset`` caches its output), :class:`RandSVDDeharmonize` and
+:class:`RandSVDHarmonizeDeharmonize` (``RandomizableTransform``: ``prob``, draws from
+``self.R``, so ``set_random_state``, ``monai.utils.set_determinism`` and MONAI's
+``DataLoader`` workers seed them as they seed MONAI's own), and their dictionary versions
+:class:`SVDHarmonized`, :class:`RandSVDDeharmonized`, :class:`RandSVDHarmonizeDeharmonized`
+(``keys``, ``allow_missing_keys``; one draw per sample, shared by all its keys, as MONAI's
+``RandGaussianNoised`` shares its noise).
+
+Inputs are channel-first arrays or tensors, ``(C, H, W)`` or ``(C, H, W, D)`` (slices along
+the last axis unless ``slice_axis`` says otherwise), in the stated ``unit`` (normalized:
+``ScaleIntensity`` first). A ``MetaTensor`` comes back a ``MetaTensor`` with its meta
+(affine, filename, applied operations); NumPy arrays come back NumPy arrays; the dtype and
+device are the input's. The computation is :mod:`svdharm_cli.transforms`' (float64).
+A random transform that is not applied (``prob``) returns its input as a tensor, as MONAI's
+own random intensity transforms do; :class:`RandSVDHarmonizeDeharmonize` still harmonizes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.data.meta_obj import get_track_meta
+from monai.transforms import MapTransform, RandomizableTransform, Transform
+from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
+
+from svdharm_cli import transforms as core
+from svdharm_cli.bands import DEFAULT_FRACTIONS, validate_fractions
+from svdharm_cli.methods import DEFAULT_HIGH, DEFAULT_LOW
+
+__all__ = [
+    "RandSVDDeharmonize",
+    "RandSVDDeharmonized",
+    "RandSVDHarmonizeDeharmonize",
+    "RandSVDHarmonizeDeharmonized",
+    "SVDHarmonize",
+    "SVDHarmonized",
+]
+
+_BACKEND = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+
+def _run(fn: Any, img: Any, mask: Any = None) -> Any:
+    """``fn`` on the plain array or tensor of ``img``, the result in ``img``'s type (a
+    MetaTensor keeps its meta)."""
+    data = img.as_tensor() if isinstance(img, MetaTensor) else img
+    out = fn(data, mask=mask)
+    if isinstance(img, MetaTensor):
+        result, *_ = convert_to_dst_type(out, dst=img)
+        return result
+    return out
+
+
+def _channels(img: Any) -> int:
+    if len(img.shape) not in (3, 4):
+        raise ValueError(
+            f"expected a channel-first image (C, H, W) or volume (C, H, W, D), got shape "
+            f"{tuple(img.shape)}; add EnsureChannelFirst before this transform"
+        )
+    return int(img.shape[0])
+
+
+class SVDHarmonize(Transform):
+    """Match every band of the input to a reference; see
+    :class:`svdharm_cli.transforms.SVDHarmonize` for the parameters."""
+
+    backend = _BACKEND
+
+    def __init__(
+        self,
+        reference: core.ReferenceLike,
+        *,
+        unit: str = "normalized",
+        mask: core.MaskLike = None,
+        slice_axis: int = -1,
+    ) -> None:
+        self.transform = core.SVDHarmonize(reference, unit=unit, mask=mask, slice_axis=slice_axis)
+
+    def __call__(self, img: Any, mask: core.MaskLike = None) -> Any:
+        return _run(self.transform, img, mask)
+
+
+class _Draw(RandomizableTransform):
+    """Coefficients drawn from ``self.R``: ``prob`` first (MONAI's ``randomize``), then one
+    row of ``Uniform[low, high]`` (or one per channel)."""
+
+    def __init__(
+        self, low: float, high: float, per_channel: bool, prob: float, n_components: int
+    ) -> None:
+        RandomizableTransform.__init__(self, prob)
+        if not low <= high:
+            raise ValueError(f"low ({low}) must not exceed high ({high})")
+        self.low, self.high = float(low), float(high)
+        self.per_channel = per_channel
+        self.n_components = n_components
+        self.coefficients: np.ndarray | None = None
+        """The last draw, ``(channels, n_components)``; None when it was not applied."""
+
+    def randomize(self, data: Any = None) -> None:
+        super().randomize(None)
+        if not self._do_transform:
+            self.coefficients = None
+            return
+        channels = 1 if data is None else _channels(data)
+        n = self.n_components
+        if self.per_channel:
+            self.coefficients = self.R.uniform(self.low, self.high, size=(channels, n))
+        else:
+            self.coefficients = np.tile(self.R.uniform(self.low, self.high, size=n), (channels, 1))
+
+
+class RandSVDDeharmonize(_Draw):
+    """De-harmonization as an augmentation; see
+    :class:`svdharm_cli.transforms.RandSVDDeharmonize` for the parameters (``prob`` is
+    MONAI's, its default 1.0)."""
+
+    backend = _BACKEND
+
+    def __init__(
+        self,
+        low: float = DEFAULT_LOW,
+        high: float = DEFAULT_HIGH,
+        *,
+        per_channel: bool = False,
+        prob: float = 1.0,
+        fractions: Sequence[float] = DEFAULT_FRACTIONS,
+        unit: str = "normalized",
+        mask: core.MaskLike = None,
+        slice_axis: int = -1,
+    ) -> None:
+        self.fractions = validate_fractions(fractions)
+        super().__init__(low, high, per_channel, prob, len(self.fractions) + 1)
+        self.unit, self.mask, self.slice_axis = unit, mask, slice_axis
+        core.SVDDeharmonize(  # checks the arguments now rather than at the first sample
+            np.ones(self.n_components), fractions=fractions, unit=unit, slice_axis=slice_axis
+        )
+
+    def __call__(self, img: Any, mask: core.MaskLike = None, randomize: bool = True) -> Any:
+        if randomize:
+            self.randomize(img)
+        if self.coefficients is None:
+            return convert_to_tensor(img, track_meta=get_track_meta())
+        fn = core.SVDDeharmonize(
+            self.coefficients,
+            fractions=self.fractions,
+            unit=self.unit,
+            mask=self.mask,
+            slice_axis=self.slice_axis,
+        )
+        return _run(fn, img, mask)
+
+
+class RandSVDHarmonizeDeharmonize(_Draw):
+    """The paper's best method as an augmentation; see
+    :class:`svdharm_cli.transforms.RandSVDHarmonizeDeharmonize` for the parameters."""
+
+    backend = _BACKEND
+
+    def __init__(
+        self,
+        reference: core.ReferenceLike,
+        low: float = DEFAULT_LOW,
+        high: float = DEFAULT_HIGH,
+        *,
+        per_channel: bool = False,
+        prob: float = 1.0,
+        unit: str = "normalized",
+        mask: core.MaskLike = None,
+        slice_axis: int = -1,
+    ) -> None:
+        self.harmonize = core.SVDHarmonize(reference, unit=unit, mask=mask, slice_axis=slice_axis)
+        n = self.harmonize.reference.n_components
+        super().__init__(low, high, per_channel, prob, n)
+
+    def __call__(self, img: Any, mask: core.MaskLike = None, randomize: bool = True) -> Any:
+        if randomize:
+            self.randomize(img)
+        coefficients = self.coefficients  # None: not drawn, harmonized only
+        if coefficients is not None:
+            coefficients = coefficients.copy()
+            coefficients[:, 0] = 1.0
+        h = self.harmonize
+        fn = core.SVDHarmonize(
+            h.reference,
+            coefficients=coefficients,
+            unit=h.unit,
+            mask=h.mask,
+            slice_axis=h.slice_axis,
+        )
+        return _run(fn, img, mask)
+
+
+class SVDHarmonized(MapTransform):
+    """Dictionary version of :class:`SVDHarmonize`: ``keys`` harmonized, other items (a
+    label) untouched; ``mask_key`` names an item holding each sample's mask."""
+
+    backend = _BACKEND
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        reference: core.ReferenceLike,
+        *,
+        unit: str = "normalized",
+        mask: core.MaskLike = None,
+        mask_key: Hashable | None = None,
+        slice_axis: int = -1,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.harmonizer = SVDHarmonize(reference, unit=unit, mask=mask, slice_axis=slice_axis)
+        self.mask_key = mask_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        mask = _mask_of(d, self.mask_key)
+        for key in self.key_iterator(d):
+            d[key] = self.harmonizer(d[key], mask)
+        return d
+
+
+class RandSVDDeharmonized(RandomizableTransform, MapTransform):
+    """Dictionary version of :class:`RandSVDDeharmonize`: one draw per sample, shared by
+    all its ``keys`` (which must have the same number of channels)."""
+
+    backend = _BACKEND
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        low: float = DEFAULT_LOW,
+        high: float = DEFAULT_HIGH,
+        *,
+        per_channel: bool = False,
+        prob: float = 1.0,
+        fractions: Sequence[float] = DEFAULT_FRACTIONS,
+        unit: str = "normalized",
+        mask: core.MaskLike = None,
+        mask_key: Hashable | None = None,
+        slice_axis: int = -1,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.array = RandSVDDeharmonize(
+            low,
+            high,
+            per_channel=per_channel,
+            prob=1.0,
+            fractions=fractions,
+            unit=unit,
+            mask=mask,
+            slice_axis=slice_axis,
+        )
+        self.mask_key = mask_key
+
+    def set_random_state(
+        self, seed: int | None = None, state: np.random.RandomState | None = None
+    ) -> RandSVDDeharmonized:
+        super().set_random_state(seed, state)
+        self.array.set_random_state(seed, state)
+        return self
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        return _shared_draw(self, self.array, data)
+
+
+class RandSVDHarmonizeDeharmonized(RandomizableTransform, MapTransform):
+    """Dictionary version of :class:`RandSVDHarmonizeDeharmonize`: one draw per sample,
+    shared by all its ``keys``; a sample not drawn (``prob``) is harmonized only."""
+
+    backend = _BACKEND
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        reference: core.ReferenceLike,
+        low: float = DEFAULT_LOW,
+        high: float = DEFAULT_HIGH,
+        *,
+        per_channel: bool = False,
+        prob: float = 1.0,
+        unit: str = "normalized",
+        mask: core.MaskLike = None,
+        mask_key: Hashable | None = None,
+        slice_axis: int = -1,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.array = RandSVDHarmonizeDeharmonize(
+            reference,
+            low,
+            high,
+            per_channel=per_channel,
+            prob=1.0,
+            unit=unit,
+            mask=mask,
+            slice_axis=slice_axis,
+        )
+        self.mask_key = mask_key
+
+    def set_random_state(
+        self, seed: int | None = None, state: np.random.RandomState | None = None
+    ) -> RandSVDHarmonizeDeharmonized:
+        super().set_random_state(seed, state)
+        self.array.set_random_state(seed, state)
+        return self
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        return _shared_draw(self, self.array, data, harmonize_always=True)
+
+
+def _mask_of(d: Mapping[Hashable, Any], key: Hashable | None) -> Any:
+    if key is None:
+        return None
+    if key not in d:
+        raise KeyError(f"mask_key {key!r} is not in the sample")
+    mask = d[key]
+    mask = mask.as_tensor() if isinstance(mask, MetaTensor) else mask
+    return mask > 0
+
+
+def _shared_draw(
+    outer: Any, array: Any, data: Mapping[Hashable, Any], harmonize_always: bool = False
+) -> dict[Hashable, Any]:
+    """Draw once for the sample (``outer.prob``, then ``array``'s coefficients from the
+    first key) and apply the draw to every key."""
+    d = dict(data)
+    outer.randomize(None)
+    first = outer.first_key(d)
+    if first == ():
+        return d
+    mask = _mask_of(d, outer.mask_key)
+    if outer._do_transform:
+        array.randomize(d[first])
+    else:
+        array.coefficients = None
+    if array.coefficients is None and not harmonize_always:
+        for key in outer.key_iterator(d):
+            d[key] = convert_to_tensor(d[key], track_meta=get_track_meta())
+        return d
+    channels = _channels(d[first])
+    for key in outer.key_iterator(d):
+        if _channels(d[key]) != channels:
+            raise ValueError(
+                f"key {key!r} has {_channels(d[key])} channels but {first!r} has {channels}: "
+                "one draw is shared by the keys of a sample"
+            )
+        d[key] = array(d[key], mask, randomize=False)
+    return d
