@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from svdharm_cli.backend import TORCH_ON_CPU, backend_of
 from svdharm_cli.formats import read_image
 from svdharm_cli.reference import Reference
 from svdharm_cli.transforms import (
@@ -127,8 +128,15 @@ def test_fit_reference_equals_the_cli(site: dict) -> None:
     assert again.entries[0].mean.tolist() == fitted.entries[0].mean.tolist()
 
 
+@pytest.mark.parametrize("kernels", ["numpy", "torch"])
 @pytest.mark.parametrize("shape", [(1, 64, 64), (3, 120, 97), (1, 512, 512), (1, 40, 36, 6)])
-def test_torch_equals_numpy(shape: tuple[int, ...]) -> None:
+def test_torch_equals_numpy(
+    shape: tuple[int, ...], kernels: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CPU tensors are computed by NumPy on their memory (exactly NumPy's result); with
+    SVDHARM_TORCH_ON_CPU=1 by the torch backend, the code a CUDA tensor runs."""
+    if kernels == "torch":
+        monkeypatch.setenv(TORCH_ON_CPU, "1")
     rng = np.random.default_rng(0)
     x = (
         textured(*shape[1:3], seed=3, channels=shape[0])
@@ -146,9 +154,13 @@ def test_torch_equals_numpy(shape: tuple[int, ...]) -> None:
         mine = fn(x)
         theirs = fn(torch.from_numpy(x))
         assert isinstance(theirs, torch.Tensor) and theirs.dtype == torch.float64
-        assert np.abs(theirs.numpy() - mine).max() < 1e-6
+        if kernels == "numpy":
+            assert np.array_equal(theirs.numpy(), mine)
+        else:
+            assert np.abs(theirs.numpy() - mine).max() < 1e-6
     single = fn(torch.from_numpy(x).float())
     assert single.dtype == torch.float32 and single.shape == x.shape
+    assert backend_of(torch.zeros(1)).name == kernels
 
 
 def test_the_transform_follows_the_oracle() -> None:

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from svdharm_cli.backend import Array, Backend, backend_of
+from svdharm_cli.backend import Array, Backend, backend_of, compute_view, like
 from svdharm_cli.bands import DEFAULT_FRACTIONS, validate_fractions
 from svdharm_cli.methods import DEFAULT_HIGH, DEFAULT_LOW
 from svdharm_cli.reference import UNITS, Entry, Reference, describe_kind
@@ -113,7 +113,8 @@ class _Layout:
     @classmethod
     def of(cls, img: Array, slice_axis: int) -> _Layout:
         _one_blas_thread_in_workers()
-        xp = backend_of(img)
+        data = compute_view(img)
+        xp = backend_of(data)
         if img.ndim not in (3, 4):
             raise ValueError(
                 f"expected a channel-first image (C, H, W) or volume (C, X, Y, Z), got shape "
@@ -123,7 +124,7 @@ class _Layout:
             raise ValueError(f"the input is empty (shape {tuple(img.shape)})")
         if str(img.dtype).endswith("bool"):
             raise TypeError("a boolean array is a mask, not an image")
-        x = xp.float64(img)
+        x = xp.float64(data)
         extrema = xp.extrema(x)
         if not all(math.isfinite(v) for v in extrema):
             raise ValueError("the input has NaN or infinite values")
@@ -155,7 +156,7 @@ class _Layout:
 
             estimate = auto_mask(self.xp.numpy(self.volume))
             return list(estimate)
-        m = mask
+        m = compute_view(mask)
         spatial = tuple(self.original.shape[1:])
         if tuple(m.shape) == (1, *spatial):
             m = m[0]
@@ -177,7 +178,7 @@ class _Layout:
         out = stacked[0] if self.slice_axis is None else xp.moveaxis(stacked, 0, self.slice_axis)
         if unit == "normalized":
             xp.clip_(out, 0.0, 1.0)
-        return xp.like_input(out, self.original)
+        return like(out, self.original)
 
 
 def _spatial_axis(slice_axis: int) -> int:
