@@ -57,6 +57,7 @@ lint: install
 bench: install
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/transforms.py
+	$(BIN)/python bench/device.py
 
 # Fidelity of harmonization on images that ship with packages, under simulated site shifts.
 evaluate: install

@@ -104,6 +104,15 @@ SchedulerFile = Annotated[
         show_default="none",
     ),
 ]
+DeviceOption = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="Where the numbers are computed: cpu (NumPy), or cuda / cuda:N (a GPU, through "
+        "PyTorch; needs svdharm\\[torch] with a CUDA build). Files are read and written on "
+        "the CPU either way.",
+    ),
+]
 Log = Annotated[
     Optional[Path],
     typer.Option(
@@ -218,6 +227,7 @@ def fit_reference(
     workers: Workers = None,
     scheduler: Scheduler = None,
     scheduler_file: SchedulerFile = None,
+    device: DeviceOption = "cpu",
     quiet: Quiet = False,
     no_paths: Annotated[
         bool,
@@ -238,7 +248,9 @@ def fit_reference(
 
     fr = _fractions(fractions) or DEFAULT_FRACTIONS
     mode = _mask_mode(mask, mask_dir)
-    with _on_workers("fitting", quiet, workers, scheduler, scheduler_file, "no reference") as (
+    with _on_workers(
+        "fitting", quiet, workers, scheduler, scheduler_file, "no reference", device
+    ) as (
         executor,
         on_result,
     ):
@@ -277,6 +289,7 @@ def harmonize(
     workers: Workers = None,
     scheduler: Scheduler = None,
     scheduler_file: SchedulerFile = None,
+    device: DeviceOption = "cpu",
     log: Log = None,
     quiet: Quiet = False,
     include: Include = None,
@@ -307,6 +320,7 @@ def harmonize(
         workers=workers,
         scheduler=scheduler,
         scheduler_file=scheduler_file,
+        device=device,
         log=log,
         include=include,
         exclude=exclude,
@@ -345,6 +359,7 @@ def augment(
     workers: Workers = None,
     scheduler: Scheduler = None,
     scheduler_file: SchedulerFile = None,
+    device: DeviceOption = "cpu",
     log: Log = None,
     quiet: Quiet = False,
     include: Include = None,
@@ -384,6 +399,7 @@ def augment(
         workers=workers,
         scheduler=scheduler,
         scheduler_file=scheduler_file,
+        device=device,
         log=log,
         include=include,
         exclude=exclude,
@@ -453,6 +469,7 @@ def bands(
         int, typer.Option(min=0, help="Slice of a volume (multi-frame DICOM, NIfTI, TIFF).")
     ] = 0,
     slice_axis: SliceAxis = 2,
+    device: DeviceOption = "cpu",
     quiet: Quiet = False,
 ) -> None:
     """Show an image's base and bands: a labelled panel PNG and a statistics table."""
@@ -470,10 +487,13 @@ def bands(
     if frame >= picture.frame_count:
         count = display.plural(picture.frame_count, "slice")
         raise UsageError(f"--frame {frame}: {image} has {count} (numbered from 0)")
+    from svdharm_cli.device import resolve
+
     panel = build_panel(
         picture.frames[frame],
         _fractions(fractions) or DEFAULT_FRACTIONS,
         display_window(picture, frame),
+        resolve(device),
     )
     target = output or Path(f"{image.stem}_bands.png")
     from PIL import Image as PILImage
@@ -515,6 +535,7 @@ def compare(
     workers: Workers = None,
     scheduler: Scheduler = None,
     scheduler_file: SchedulerFile = None,
+    device: DeviceOption = "cpu",
     quiet: Quiet = False,
 ) -> None:
     """Can a classifier still tell the groups apart? Separability and distances between
@@ -528,7 +549,7 @@ def compare(
     from svdharm_cli.compare import render_html
 
     mode = _mask_mode(mask, mask_dir)
-    with _on_workers("comparing", quiet, workers, scheduler, scheduler_file, "nothing") as (
+    with _on_workers("comparing", quiet, workers, scheduler, scheduler_file, "nothing", device) as (
         executor,
         on_result,
     ):
@@ -585,6 +606,7 @@ def _on_workers(
     scheduler: Optional[str],
     scheduler_file: Optional[Path],
     unwritten: str,
+    device: str = "cpu",
 ) -> Iterator[tuple[Any, Callable[[Any], None]]]:
     """The executor (local pool or cluster) and the progress callback of a command that
     writes its result at the end (fit-reference, compare); a stop there is reported as
@@ -595,7 +617,9 @@ def _on_workers(
 
     try:
         with (
-            open_executor(workers or available_cpus(), scheduler, scheduler_file) as executor,
+            open_executor(
+                workers or available_cpus(), scheduler, scheduler_file, device
+            ) as executor,
             display.progress(label, quiet) as (_, on_result),
         ):
             yield executor, on_result

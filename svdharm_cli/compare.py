@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from svdharm_cli import __version__
+from svdharm_cli.device import CPU, Device, resolve
 from svdharm_cli.errors import UsageError
 from svdharm_cli.executors import Executor, OneByOne
 from svdharm_cli.executors.local import LocalPool
@@ -47,7 +48,7 @@ from svdharm_cli.methods import Moments, decompose_channels, pool, slice_moments
 from svdharm_cli.plan import Unit, discover, plan_units
 from svdharm_cli.reference import describe_kind
 from svdharm_cli.units import read_unit, unit_masks
-from svdharm_cli.worker import OK, SKIPPED, FileResult, outcome_of
+from svdharm_cli.worker import OK, SKIPPED, FileResult, on_device, outcome_of
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 PIXEL_SAMPLE = 20_000
@@ -166,7 +167,7 @@ def compare(
     executor.check(
         sorted({item.root for item in items} | ({here(mask_dir)} if mask_dir else set())), []
     )
-    task = SampleUnits(tuple(fractions), mask, max_pixels, slice_axis, seed)
+    task = SampleUnits(tuple(fractions), mask, max_pixels, slice_axis, seed, executor.device)
     ordered: list[Sampled] = gather(executor, task, items, on_result)
     problems = [r for o in ordered for r in o.results if r.status != OK]
     samples = [o.sample for o in ordered if o.sample is not None]
@@ -229,6 +230,7 @@ class SampleUnits(OneByOne):
     max_pixels: int
     slice_axis: int
     seed: int
+    device: str = "cpu"
 
     def one(
         self, item: Grouped, threads: int, report: Callable[[Any], None], stop: Any = None
@@ -244,6 +246,7 @@ class SampleUnits(OneByOne):
             self.max_pixels,
             self.slice_axis,
             rng,
+            CPU if self.device == "cpu" else resolve(self.device),
         )
         if isinstance(outcome, Sample):
             named = replace(outcome, path=_sample_path(item.shown, item.unit))
@@ -269,19 +272,21 @@ def _sample(
     max_pixels: int,
     slice_axis: int,
     rng: np.random.Generator,
+    device: Device = CPU,
 ) -> Sample | tuple[str, str]:
     """One unit's features, or ``(status, reason)`` when it cannot be read."""
     try:
         images = read_unit(root, unit, max_pixels, slice_axis)
         masks = unit_masks(images, unit, root, mask, mask_dir, slice_axis)
-        moments, values = _slices(
-            (
-                (frame, None if volume_mask is None else volume_mask[f])
-                for image, volume_mask in zip(images, masks)
-                for f, frame in enumerate(image.frames)
-            ),
-            fractions,
-            images[0].channel_count,
+        pairs = [
+            (frame, None if volume_mask is None else volume_mask[f])
+            for image, volume_mask in zip(images, masks)
+            for f, frame in enumerate(image.frames)
+        ]
+        (moments, values), _ = on_device(
+            device,
+            unit.key,
+            lambda on: _slices(pairs, fractions, images[0].channel_count, on),
         )
     except Exception as exc:  # the unit's failure, never the run's (outcome_of)
         found = outcome_of(exc, unit, root / unit.files[0])
@@ -319,12 +324,15 @@ def _slices(
     slices: Iterable[tuple[np.ndarray, np.ndarray | None]],
     fractions: Sequence[float],
     channels: int,
+    device: Device = CPU,
 ) -> tuple[list[Moments], list[list[np.ndarray]]]:
-    """Each slice's moments, and each channel's pixel values inside the slice's mask."""
+    """Each slice's moments (computed on ``device``), and each channel's pixel values
+    inside the slice's mask."""
     moments = []
     values: list[list[np.ndarray]] = [[] for _ in range(channels)]
     for frame, plane in slices:
-        moments.append(slice_moments(decompose_channels(frame, fractions, plane)))
+        bands = decompose_channels(device.put(frame), fractions, device.put(plane))
+        moments.append(slice_moments(bands))
         for c, channel in enumerate(frame):
             values[c].append(channel[plane] if plane is not None else channel.ravel())
     return moments, values

@@ -19,13 +19,15 @@ from typing import Any
 
 import numpy as np
 
+from svdharm_cli.device import CPU, Device, resolve
 from svdharm_cli.executors import OneByOne
 from svdharm_cli.executors.work import Rooted
+from svdharm_cli.methods import Moments
 from svdharm_cli.plan import Unit
 from svdharm_cli.reference import Source
 from svdharm_cli.units import read_unit, unit_masks, volumes_of
 from svdharm_cli.volume import volume_moments
-from svdharm_cli.worker import OK, FileResult, Stop, outcome_of
+from svdharm_cli.worker import OK, FileResult, Stop, on_device, outcome_of
 
 Statistics = tuple[str, np.ndarray, np.ndarray]
 """One image's ``(unit, means, stds)``."""
@@ -49,6 +51,7 @@ def unit_statistics(
     slice_axis: int = 2,
     mask: str = "none",
     mask_dir: Path | None = None,
+    device: Device = CPU,
 ) -> tuple[list[Statistics], list[Source]]:
     """Per-image statistics ``(unit, means, stds)`` of one unit of work, and its sources.
 
@@ -64,7 +67,13 @@ def unit_statistics(
         for f in range(image.frame_count)
     ]
     groups = [[i] for i in range(len(slices))] if per_slice else volumes_of(images)
-    pooled = volume_moments(slices, fractions, planes, groups)
+
+    def compute(on: Device) -> list[Moments]:
+        return volume_moments(
+            [on.put(s) for s in slices], fractions, [on.put(m) for m in planes], groups
+        )
+
+    pooled, _ = on_device(device, unit.key, compute)
     stats = [(images[0].unit, m.means, m.stds) for m in pooled]
     sources = [
         Source(str(root / rel), sha256_file(root / rel), im.shape, im.unit, im.channel_count)
@@ -93,6 +102,7 @@ class MeasureUnits(OneByOne):
     slice_axis: int = 2
     mask: str = "none"
     mask_dir: Path | None = None
+    device: str = "cpu"
 
     def one(
         self,
@@ -113,6 +123,7 @@ class MeasureUnits(OneByOne):
                 slice_axis=self.slice_axis,
                 mask=self.mask,
                 mask_dir=self.mask_dir,
+                device=CPU if self.device == "cpu" else resolve(self.device),
             )
             sources = [replace(s, path=str(shown / rel)) for s, rel in zip(sources, unit.files)]
             status, reason, error = OK, None, None

@@ -30,7 +30,15 @@ from svdharm_cli.plan import Unit, check_roots, discover, plan_units
 from svdharm_cli.reference import Reference
 from svdharm_cli.runlog import LOG_FORMAT, LOG_VERSION, file_record, iso, utc_now, write_log
 from svdharm_cli.safety import OutputLock, sweep_temporaries
-from svdharm_cli.worker import ALREADY_DONE, FAILED, OK, SKIPPED, FileResult, JobConfig
+from svdharm_cli.worker import (
+    ALREADY_DONE,
+    FAILED,
+    OK,
+    SKIPPED,
+    FileResult,
+    JobConfig,
+    device_check,
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,7 @@ class RunRequest:
     mask_dir: Path | None = None
     scheduler: str | None = None
     scheduler_file: Path | None = None
+    device: str = "cpu"
     argv: tuple[str, ...] = ()
 
 
@@ -130,7 +139,9 @@ def fit_reference(
         mask_dir = executor.worker_path(mask_dir)
     readable = {item.root for item in items} | ({mask_dir} if mask_dir is not None else set())
     executor.check(sorted(readable), [])
-    task = MeasureUnits(tuple(fractions), max_pixels, per_slice, slice_axis, mask, mask_dir)
+    task = MeasureUnits(
+        tuple(fractions), max_pixels, per_slice, slice_axis, mask, mask_dir, executor.device
+    )
     outcomes: list[Measured] = gather(executor, task, items, on_result)
     problems = [r for m in outcomes for r in m.results if r.status != OK]
     stats = [s for m in outcomes for s in m.statistics]
@@ -230,7 +241,9 @@ def run(
             request.reference, request.fractions, request.max_pixels, request.slice_axis
         )
     with (
-        open_executor(request.workers, request.scheduler, request.scheduler_file) as executor,
+        open_executor(
+            request.workers, request.scheduler, request.scheduler_file, request.device
+        ) as executor,
         OutputLock(request.out),
     ):
         sweep_temporaries(request.out)
@@ -271,8 +284,19 @@ def run(
             slice_axis=request.slice_axis,
             mask=request.mask,
             mask_dir=None if request.mask_dir is None else here(request.mask_dir),
+            device=executor.device,
         )
         warnings = _mask_warnings(reference, request)
+        checked = None
+        if config.device != "cpu":  # before the first output: the device against the CPU
+            checked = device_check(units, config)
+            if checked is not None and not checked["passed"]:
+                raise UsageError(
+                    f"--device {config.device}: on {checked['unit']} its results differ from "
+                    f"the CPU path's by {checked['largest_difference']:.3g} (the bound is "
+                    f"{checked['bound']:.3g}, {checked['scale']}); nothing was written",
+                    hint="use --device cpu, and report the device and torch version",
+                )
         on_start(len(rels))
         outcome = run_units(executor, units, config, on_result)
         warnings.extend(executor.warnings)
@@ -303,6 +327,7 @@ def run(
             "output_absolute": str(request.out.resolve()),
             "parameters": _parameters(request, fractions, executor),
             "executor": executor.describe(),
+            "device_check": checked,
             "reference": ref_record,
             "seed": seed,
             "seed_given": request.seed is not None,

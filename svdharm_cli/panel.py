@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from svdharm_cli.bands import DEFAULT_FRACTIONS, decompose
+from svdharm_cli.device import CPU, Device
 from svdharm_cli.formats import NORMALIZED, Image
 
 MAX_TILE = 512
@@ -112,11 +113,12 @@ def build_panel(
     channels: np.ndarray,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     window: tuple[float, float] = (0.0, 1.0),
+    device: Device = CPU,
 ) -> Panel:
-    """Decompose ``(c, h, w)`` channels and lay out what the panel shows; the input and
-    the base are shown through ``window``."""
-    bands = [decompose(ch, fractions) for ch in channels]
-    comps = np.stack([b.components() for b in bands], axis=1)  # (n, c, h, w)
+    """Decompose ``(c, h, w)`` channels (on ``device``) and lay out what the panel shows;
+    the input and the base are shown through ``window``."""
+    bands = [decompose(device.put(ch), fractions) for ch in channels]
+    comps = np.stack([device.host(b.components()) for b in bands], axis=1)  # (n, c, h, w)
     n = comps.shape[0]
     r = min(channels.shape[1:])
     edges = (0, *bands[0].ranks, r)

@@ -40,6 +40,7 @@ def file_record(result: FileResult) -> dict[str, Any]:
         "volume": result.volume,
         "foreground": result.foreground,
         "error": result.error,
+        "fallback": result.fallback,
     }
 
 

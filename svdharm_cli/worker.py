@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,6 +35,7 @@ import numpy as np
 
 from svdharm_cli.atomic import Staged, staged
 from svdharm_cli.bands import components_stack
+from svdharm_cli.device import BOUND, CPU, LOCK, Device, resolve, solver_errors
 from svdharm_cli.errors import ImageError, SkipImage, SvdharmError, exception_name, exception_record
 from svdharm_cli.formats import (
     DEFAULT_MAX_PIXELS,
@@ -88,6 +89,9 @@ class JobConfig:
     slice_axis: int = 2
     mask: str = "none"
     mask_dir: Path | None = None
+    device: str = "cpu"
+    """``cpu`` (NumPy) or ``cuda:N``: where the unit's numbers are computed
+    (:mod:`svdharm_cli.device`); files are read and written on the CPU either way."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,8 @@ class FileResult:
     error: dict[str, Any] | None = None
     """The exception behind a failure (:func:`~svdharm_cli.errors.exception_record`: type
     and frames, no message), when one was raised; the run log keeps it."""
+    fallback: str | None = None
+    """Why a unit meant for the device was computed on the CPU, when it was."""
 
 
 def process_file(rel: str, config: JobConfig) -> FileResult:
@@ -194,6 +200,7 @@ class _Prepared:
     seeds: list[int | None] = field(default_factory=list)
     coefficients: list[np.ndarray | None] = field(default_factory=list)
     """Per copy: the output's seed and coefficients (None for harmonize)."""
+    fallback: str | None = None
 
     @property
     def foreground(self) -> list[float | None]:
@@ -217,7 +224,9 @@ class _Prepared:
         per_file = outputs or [()] * len(files)
         fg = foreground or [None] * len(files)
         return [
-            FileResult(rel, status, reason, tuple(out), share, self.unit.volume, f, error)
+            FileResult(
+                rel, status, reason, tuple(out), share, self.unit.volume, f, error, self.fallback
+            )
             for rel, out, f in zip(files, per_file, fg)
         ]
 
@@ -415,7 +424,6 @@ def _stacked_values(same: list[_Prepared], config: JobConfig) -> list[list[list[
     frames, from one :func:`~svdharm_cli.bands.components_stack` over all their channels."""
     images = [prepared.images[0] for prepared in same]
     channels = np.concatenate([image.frames[0] for image in images])
-    components = components_stack(channels, config.fractions)
     reference = None
     if config.reference is not None:
         means, stds = [], []
@@ -426,11 +434,23 @@ def _stacked_values(same: list[_Prepared], config: JobConfig) -> list[list[list[
             stds.append(entry.std)
         reference = (np.concatenate(means), np.concatenate(stds))
     copies = len(same[0].planned[0])
+
+    def compute(device: Device) -> list[np.ndarray]:
+        components = components_stack(device.put(channels), config.fractions)
+        news = []
+        for j in range(copies):
+            rows = [row for prepared in same if (row := prepared.coefficients[j]) is not None]
+            coefficients = np.concatenate(rows) if rows else None
+            new = transform_stack(components, reference=reference, coefficients=coefficients)
+            news.append(device.host(new))
+        return news
+
+    key = same[0].unit.key
+    news, fallback = on_device(config_device(config), key, compute)
     values: list[list[list[np.ndarray]]] = [[] for _ in same]
-    for j in range(copies):
-        rows = [row for prepared in same if (row := prepared.coefficients[j]) is not None]
-        coefficients = np.concatenate(rows) if rows else None
-        new = transform_stack(components, reference=reference, coefficients=coefficients)
+    for prepared in same:
+        prepared.fallback = fallback
+    for new in news:
         at = 0
         for k, image in enumerate(images):
             c = image.channel_count
@@ -438,6 +458,27 @@ def _stacked_values(same: list[_Prepared], config: JobConfig) -> list[list[list[
             values[k].append([new[at : at + c][None].astype(dtype)])
             at += c
     return values
+
+
+T2 = TypeVar("T2")
+
+
+def config_device(config: JobConfig) -> Device:
+    return CPU if config.device == "cpu" else resolve(config.device)
+
+
+def on_device(device: Device, key: str, compute: Callable[[Device], T2]) -> tuple[T2, str | None]:
+    """``compute(device)``; on the CPU instead when the device's solver fails (the second
+    value then says why). The device computes one unit at a time (:data:`device.LOCK`)."""
+    if device.is_cpu:
+        return compute(device), None
+    try:
+        with LOCK:
+            device.check_failure(key)
+            return compute(device), None
+    except solver_errors() as exc:
+        why = f"the device's solver failed ({exception_name(exc)}); computed on the CPU"
+        return compute(CPU), why
 
 
 def _transform_and_write(
@@ -449,6 +490,20 @@ def _transform_and_write(
 ) -> list[list[OutputRecord]]:
     """Transform every slice and write every copy to the stage's temporaries; return the
     records of each file's outputs. Raises :class:`Stopped` when ``stop`` says so."""
+    news = unit_values(prepared, config, threads, stop)
+    return _write_copies(prepared, config, news, stage)
+
+
+def unit_values(
+    prepared: _Prepared,
+    config: JobConfig,
+    threads: int = 1,
+    stop: Stop | None = None,
+    device: Device | None = None,
+) -> list[list[np.ndarray]]:
+    """The new values of a prepared unit, ``[copy][file]`` shaped like each file's frames
+    (float32, float64 for raw units), computed on ``device`` (the config's by default).
+    Raises :class:`Stopped` when ``stop`` says so."""
     images, masks, entry = prepared.images, prepared.masks, prepared.entry
     where = [(k, f) for k, image in enumerate(images) for f in range(image.frame_count)]
     planes = [images[k].frames[f] for k, f in where]
@@ -462,25 +517,68 @@ def _transform_and_write(
         if stop is not None and stop():
             raise Stopped
 
-    def store(j: int, i: int, values: np.ndarray) -> None:
-        k, f = where[i]
-        news[j][k][f] = values
+    def compute(on: Device) -> None:
+        def store(j: int, i: int, values: Any) -> None:
+            k, f = where[i]
+            news[j][k][f] = on.host(values)
 
-    with _slice_threads(threads, len(planes)) as run:
-        transform_volume(
-            planes,
-            config.fractions,
-            reference=None if entry is None else (entry.mean, entry.std),
-            coefficients=prepared.coefficients,
-            masks=planes_masks,
-            groups=volumes_of(images),
-            per_slice=config.per_slice,
-            run=run,
-            check=check,
-            cache_bytes=CACHE_BYTES,
-            sink=store,
-        )
-    return _write_copies(prepared, config, news, stage)
+        with _slice_threads(threads if on.is_cpu else 1, len(planes)) as run:
+            transform_volume(
+                [on.put(p) for p in planes],
+                config.fractions,
+                reference=None if entry is None else (entry.mean, entry.std),
+                coefficients=prepared.coefficients,
+                masks=[on.put(m) for m in planes_masks],
+                groups=volumes_of(images),
+                per_slice=config.per_slice,
+                run=run,
+                check=check,
+                cache_bytes=CACHE_BYTES,
+                sink=store,
+            )
+
+    _, prepared.fallback = on_device(device or config_device(config), prepared.unit.key, compute)
+    return news
+
+
+def device_check(units: Sequence[Unit], config: JobConfig, tries: int = 5) -> dict[str, Any] | None:
+    """The safety net of a device run: the first unit that reads (of the first ``tries``)
+    computed on the device and on the CPU path, before anything is written. Returns the
+    largest difference, in normalized units (relative to the input's value range for HU
+    and raw data), against :data:`svdharm_cli.device.BOUND`; None when no unit could be
+    computed both ways (each unit then still falls back or fails on its own)."""
+    device = config_device(config)
+    on_cpu = replace(config, device="cpu")
+    for unit in units[:tries]:
+        prepared = _prepare(unit, replace(config, skip_existing=False), lambda done: None)
+        if prepared is None:
+            continue
+        try:
+            if prepared.stackable:
+                ours = [copy[0] for copy in _stacked_values([prepared], config)[0]]
+                theirs = [copy[0] for copy in _stacked_values([prepared], on_cpu)[0]]
+            else:
+                ours = [v for copy in unit_values(prepared, config, device=device) for v in copy]
+                theirs = [v for copy in unit_values(prepared, on_cpu) for v in copy]
+        except Exception:
+            continue
+        if prepared.fallback is not None:
+            continue  # the device did not compute it: nothing to compare
+        image = prepared.images[0]
+        if image.unit in ("normalized",):
+            scale, what = 1.0, "normalized units"
+        else:
+            values = np.concatenate([im.frames.ravel() for im in prepared.images])
+            scale, what = float(np.ptp(values)) or 1.0, f"relative to the {image.unit} range"
+        worst = max(float(np.abs(a.astype(np.float64) - b).max()) for a, b in zip(ours, theirs))
+        return {
+            "unit": str(config.in_root / unit.files[0]) if unit.volume is None else unit.volume,
+            "largest_difference": worst / scale,
+            "bound": BOUND,
+            "scale": what,
+            "passed": worst / scale <= BOUND,
+        }
+    return None
 
 
 def _write_copies(

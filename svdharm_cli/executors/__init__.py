@@ -69,6 +69,8 @@ class Executor(Protocol):
 
     remote: bool
     warnings: list[str]
+    device: str
+    """Where the tasks compute: ``cpu`` or ``cuda:N`` (:mod:`svdharm_cli.device`)."""
 
     def worker_path(self, path: Path) -> Path:
         """``path`` as the workers must be given it (absolute for a cluster's workers, whose
@@ -165,11 +167,24 @@ def run_tasks(executor: Executor, task: Task, items: Sequence[Sized], accept: Ac
 
 @contextlib.contextmanager
 def open_executor(
-    workers: int, scheduler: str | None = None, scheduler_file: Path | None = None
+    workers: int,
+    scheduler: str | None = None,
+    scheduler_file: Path | None = None,
+    device: str = "cpu",
 ) -> Iterator[Executor]:
-    """The local pool of ``workers`` processes, or the Dask cluster whose scheduler is at
-    ``scheduler`` or named in ``scheduler_file`` (connected here, closed on the way out)."""
+    """The local pool of ``workers`` processes, the Dask cluster whose scheduler is at
+    ``scheduler`` or named in ``scheduler_file`` (connected here, closed on the way out),
+    or, for a ``device`` other than the CPU without a cluster, this process on that device
+    with ``workers`` threads around it. A device this machine cannot use is a usage error
+    here; on a cluster each worker checks it against its own GPUs (``cuda`` is then each
+    worker's first visible device, which dask-cuda's ``LocalCUDACluster`` makes its own)."""
     if scheduler is None and scheduler_file is None:
+        if device != "cpu":
+            from svdharm_cli.device import resolve
+            from svdharm_cli.executors.device import DeviceExecutor
+
+            yield DeviceExecutor(workers, resolve(device))
+            return
         from svdharm_cli.executors.local import LocalPool
 
         yield LocalPool(workers)
@@ -179,4 +194,5 @@ def open_executor(
     from svdharm_cli.executors.dask import DaskExecutor
 
     with DaskExecutor.connect(scheduler, scheduler_file) as executor:
+        executor.device = device
         yield executor

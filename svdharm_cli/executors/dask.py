@@ -83,6 +83,7 @@ class DaskExecutor:
         self.client = client
         self.address = address
         self.warnings: list[str] = []
+        self.device = "cpu"
         self._alone: set[int] = set()
         self._described: dict[str, Any] | None = None
         self._asked, self._slots = -2.0, 1
@@ -150,7 +151,12 @@ class DaskExecutor:
         """Refuse (exit 2) unless every worker runs this svdharm version, reads each of
         ``readable`` and writes into each of ``writable``, at the same paths."""
         answers = self.client.run(
-            _preflight, list(readable), list(writable), __version__, on_error="return"
+            _preflight,
+            list(readable),
+            list(writable),
+            __version__,
+            self.device,
+            on_error="return",
         )
         problems = []
         for worker, answer in sorted(answers.items()):
@@ -261,11 +267,21 @@ class DaskExecutor:
 # -- on the workers ----------------------------------------------------------------------
 
 
-def _preflight(readable: list[Path], writable: list[Path], version: str) -> list[str]:
+def _preflight(
+    readable: list[Path], writable: list[Path], version: str, device: str = "cpu"
+) -> list[str]:
     """What keeps this worker from taking part (runs on each worker)."""
     problems = []
     if version != __version__:
         problems.append(f"runs svdharm {__version__}, the client {version}")
+    if device != "cpu":
+        from svdharm_cli.device import resolve
+        from svdharm_cli.errors import UsageError
+
+        try:
+            resolve(device)
+        except UsageError as exc:
+            problems.append(exc.message)
     for folder in readable:
         if not (folder.exists() and os.access(folder, os.R_OK | os.X_OK)):
             problems.append(f"cannot read {folder}")

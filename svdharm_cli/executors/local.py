@@ -55,6 +55,7 @@ class LocalPool:
     """
 
     remote = False
+    device = "cpu"
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
