@@ -59,9 +59,11 @@ bench: install
 	$(BIN)/python bench/transforms.py
 	$(BIN)/python bench/device.py
 
-# Fidelity of harmonization on images that ship with packages, under simulated site shifts.
+# Fidelity of harmonization on images that ship with packages, under simulated site shifts;
+# then the downstream experiment: does a model trained with svdharm generalize to another site?
 evaluate: install
 	$(BIN)/python bench/fidelity.py
+	$(BIN)/python bench/downstream.py
 
 # Coverage-guided fuzzing of the read path (atheris) for FUZZ_SECONDS. A crash ends the
 # campaign (libFuzzer's plain mode; atheris does not survive its fork mode); either way

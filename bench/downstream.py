@@ -19,8 +19,8 @@ held-out half. 4 seeds (0-3); mean and std over seeds.
 Model: a small CNN (two 3 x 3 conv layers of 16 and 32 filters with ReLU and 2 x 2 max
 pooling, then a linear layer) in PyTorch on the CPU, with the paper's SGD, learning rate
 0.01, weight decay 1e-3, batch 32 and cross-entropy, plus momentum 0.9 (plain SGD at this
-rate needs several times the epochs) for 15 epochs; one thread, deterministic algorithms,
-seeded. For contrast, scikit-learn's logistic regression on the pixels.
+rate needs several times the epochs) for 12 epochs; one thread, deterministic algorithms,
+seeded. For contrast, a linear classifier on the pixels (scikit-learn's ``RidgeClassifier``).
 
 Methods (the training images and the test images go through the same method):
 
@@ -37,7 +37,7 @@ Methods (the training images and the test images go through the same method):
 - ``svd-harmonization-deharmonization``: training images through
   ``RandSVDHarmonizeDeharmonize`` online, test images harmonized.
 
-For the logistic regression the random methods give three drawn copies of each training
+For the linear classifier the random methods give three drawn copies of each training
 image. Writes ``bench/results/downstream.json`` (``protocol``, ``results``, ``summary``).
 Options rerun any part: ``--methods``, ``--shifts``, ``--seeds``, ``--epochs``, ``--quick``
 (one seed, 3 epochs), ``--json PATH``, ``--jobs`` (processes; results do not depend on it).
@@ -72,7 +72,7 @@ METHODS = (
     "svd-harmonization-deharmonization",
 )
 RANDOM = ("svd-deharmonization", "svd-harmonization-deharmonization")
-MODELS = ("cnn", "logreg")
+MODELS = ("cnn", "ridge")
 PAPER_TABLE_1 = {
     "MNIST homologous": {"baseline": 0.9899, "svd-harmonization-deharmonization": 0.9921},
     "USPS heterologous": {"baseline": 0.9214, "svd-harmonization-deharmonization": 0.9461},
@@ -150,7 +150,9 @@ def prepare(method: str, train_images: np.ndarray, seed: int) -> tuple[Any, Prep
     if method == "histogram-matching":
         from skimage.exposure import match_histograms
 
-        pooled = train_images.reshape(1, -1)
+        # The pooled pixels' distribution by 1,001 quantiles: the same target, matched in
+        # milliseconds instead of re-sorting 700,000 template pixels for every image.
+        pooled = np.quantile(train_images, np.linspace(0.0, 1.0, 1001)).reshape(1, -1)
 
         def matched(im: np.ndarray) -> np.ndarray:
             return match_histograms(im.reshape(1, -1), pooled).reshape(im.shape)
@@ -233,13 +235,13 @@ def cnn_accuracy(net: Any, images: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(1).numpy() == labels).mean())
 
 
-def train_logreg(images: np.ndarray, labels: np.ndarray, per_sample: Any, random: bool) -> Any:
-    from sklearn.linear_model import LogisticRegression
+def train_linear(images: np.ndarray, labels: np.ndarray, per_sample: Any, random: bool) -> Any:
+    from sklearn.linear_model import RidgeClassifier
 
     copies = 3 if random else 1
     x = np.concatenate([np.stack([per_sample(im) for im in images]) for _ in range(copies)])
     y = np.concatenate([labels] * copies)
-    model = LogisticRegression(max_iter=300)
+    model = RidgeClassifier(alpha=1.0)
     model.fit(x.reshape(len(x), -1), y)
     return model
 
@@ -248,14 +250,10 @@ def train_logreg(images: np.ndarray, labels: np.ndarray, per_sample: Any, random
 
 
 def run_job(method: str, seed: int, shifts: Sequence[str], epochs: int) -> list[dict]:
-    import warnings
-
     import torch
-    from sklearn.exceptions import ConvergenceWarning
 
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
-    warnings.filterwarnings("ignore", category=ConvergenceWarning)
     from threadpoolctl import threadpool_limits
 
     images, labels = site_a()
@@ -270,7 +268,7 @@ def run_job(method: str, seed: int, shifts: Sequence[str], epochs: int) -> list[
             random = method in RANDOM
             net = train_cnn(train_x, train_y, per_sample, random, seed, epochs)
             per_sample, _ = prepare(method, train_x, seed)  # the same draws for the contrast
-            logreg = train_logreg(train_x, train_y, per_sample, random)
+            linear = train_linear(train_x, train_y, per_sample, random)
             for test_site in tests:
                 test_x = test_prep(sites[test_site][test_idx])
                 test_y = labels[test_idx]
@@ -278,8 +276,8 @@ def run_job(method: str, seed: int, shifts: Sequence[str], epochs: int) -> list[
                 for model, accuracy in (
                     ("cnn", cnn_accuracy(net, test_x, test_y)),
                     (
-                        "logreg",
-                        float(logreg.score(test_x.reshape(len(test_x), -1), test_y)),
+                        "ridge",
+                        float(linear.score(test_x.reshape(len(test_x), -1), test_y)),
                     ),
                 ):
                     rows.append(
@@ -321,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--shifts", default=",".join(SHIFTS))
     parser.add_argument("--seeds", default="0,1,2,3")
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--quick", action="store_true", help="one seed, 3 epochs")
     parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--json", type=Path, default=HERE / "results" / "downstream.json")
@@ -348,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "epochs": epochs,
             "cnn": "2 conv (16, 32) + linear; SGD lr 0.01, momentum 0.9, weight decay 1e-3, "
             "batch 32, cross-entropy; 1 thread, deterministic",
-            "logreg": "sklearn LogisticRegression(max_iter=300) on pixels",
+            "ridge": "sklearn RidgeClassifier(alpha=1.0) on pixels",
             "methods": methods,
             "paper_table_1": PAPER_TABLE_1,
             "seconds": round(time.perf_counter() - start, 1),

@@ -12,8 +12,10 @@ through simulated site shifts to make site B:
   content); the issue's retina experiment, on every source.
 
 Site B is then harmonized to site A by: nothing; a global z-score (mean and std matched);
-histogram matching (``skimage.exposure.match_histograms``); svdharm (the package's numeric
-core, statistics over all pixels); svdharm with the automatic mask. Every method gets the
+histogram matching (``skimage.exposure.match_histograms``); Nyul-Udupa histogram
+standardization (TorchIO's ``HistogramStandardization``, landmarks from the truth, mapped
+back to the truth's intensities); svdharm (its transforms, statistics over all pixels);
+svdharm with the automatic mask. Every method gets the
 same reference, the truth image of site A, so this measures how well each method undoes a
 shift, not how well a cohort reference fits. Metrics, on the truth's foreground (its
 automatic mask): PSNR and SSIM (scikit-image) against the truth, and the separability of
@@ -28,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -37,9 +40,10 @@ import numpy as np
 
 from svdharm_cli.compare import sample_from_arrays, separability
 from svdharm_cli.masks import auto_mask
-from svdharm_cli.methods import decompose_channels, pool, slice_moments, transform
+from svdharm_cli.transforms import SVDHarmonize, fit_reference
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 FRACTIONS = (0.07, 0.2, 0.5)
 SIZE = 512
 PSNR_CAP = 99.0
@@ -140,29 +144,26 @@ SHIFTS: dict[str, Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]] = {
 
 
 def _svdharm(b: np.ndarray, ref: np.ndarray, masked: bool) -> np.ndarray:
-    """svdharm's numeric core on a volume ``(f, h, w)``: statistics pooled over slices."""
-    ref_mask = auto_mask(ref[:, None]) if masked else None
-    b_mask = auto_mask(b[:, None]) if masked else None
+    """svdharm's transforms on a volume ``(f, h, w)`` (slices along the last axis of
+    ``(1, h, w, f)``): statistics pooled over slices, a reference fitted on the truth."""
+    mask = "auto" if masked else None
+    as_volume = np.moveaxis(b, 0, -1)[None]
+    reference = fit_reference([np.moveaxis(ref, 0, -1)[None]], fractions=FRACTIONS, mask=mask)
+    out = SVDHarmonize(reference, mask=mask)(as_volume)
+    return np.moveaxis(out[0], -1, 0)
 
-    def pooled(x: np.ndarray, mask: np.ndarray | None) -> object:
-        return pool(
-            [
-                slice_moments(
-                    decompose_channels(x[f][None], FRACTIONS, None if mask is None else mask[f])
-                )
-                for f in range(x.shape[0])
-            ]
-        )
 
-    target = pooled(ref, ref_mask)
-    stats = pooled(b, b_mask)
-    out = np.empty_like(b)
-    for f in range(b.shape[0]):
-        bands = decompose_channels(b[f][None], FRACTIONS, None if b_mask is None else b_mask[f])
-        out[f] = transform(bands, reference=(target.means, target.stds), stats=stats)[0]  # type: ignore[attr-defined]
-        if b_mask is not None:
-            out[f][~b_mask[f]] = b[f][~b_mask[f]]
-    return out
+def _nyul(b: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Nyul-Udupa standardization (TorchIO) with landmarks from the truth, mapped back from
+    TorchIO's standard scale to the truth's intensities through the truth's own mapping."""
+    import nyul
+
+    standard = nyul.standardizer(nyul.train([np.moveaxis(ref, 0, -1)]))
+    mine = nyul.apply(standard, np.moveaxis(b, 0, -1))
+    truth = nyul.apply(standard, np.moveaxis(ref, 0, -1))
+    order = np.argsort(truth.ravel(), kind="stable")
+    back = np.interp(mine, truth.ravel()[order], np.moveaxis(ref, 0, -1).ravel()[order])
+    return np.clip(np.moveaxis(back, -1, 0), 0, 1)
 
 
 def _zscore(b: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -179,6 +180,7 @@ METHODS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "none": lambda b, ref: np.clip(b, 0, 1),
     "global z-score": _zscore,
     "histogram matching": _histogram,
+    "nyul (TorchIO)": _nyul,
     "svdharm": lambda b, ref: _svdharm(np.clip(b, 0, 1), ref, masked=False),
     "svdharm --mask auto": lambda b, ref: _svdharm(np.clip(b, 0, 1), ref, masked=True),
 }

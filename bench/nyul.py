@@ -22,13 +22,19 @@ def _foreground(tensor: torch.Tensor) -> torch.Tensor:
     return tensor > tensor.float().mean()
 
 
+def _volume(image: np.ndarray) -> np.ndarray:
+    """A 2-D image as TorchIO's ``(W, H, 1)``; a 3-D volume as it is."""
+    x = np.asarray(image, np.float32)
+    return x[..., None] if x.ndim == 2 else x
+
+
 def train(images: Sequence[np.ndarray]) -> np.ndarray:
-    """Landmarks from 2-D ``(h, w)`` images (written as NIfTI files for TorchIO to read)."""
+    """Landmarks from 2-D images or 3-D volumes (written as NIfTI files for TorchIO)."""
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
         for k, image in enumerate(images):
             path = Path(tmp) / f"{k:05d}.nii"
-            nib.save(nib.Nifti1Image(np.asarray(image, np.float32)[..., None], np.eye(4)), path)
+            nib.save(nib.Nifti1Image(_volume(image), np.eye(4)), path)
             paths.append(path)
         return tio.HistogramStandardization.train(
             paths, masking_function=_foreground, progress=False
@@ -40,8 +46,8 @@ def standardizer(landmarks: np.ndarray) -> tio.HistogramStandardization:
 
 
 def apply(transform: tio.HistogramStandardization, image: np.ndarray) -> np.ndarray:
-    """One 2-D image standardized (TorchIO's scale: landmarks span 0 to 100)."""
-    tensor = torch.from_numpy(np.asarray(image, np.float32)[None, ..., None])
+    """One image or volume standardized (TorchIO's scale: landmarks span 0 to 100)."""
+    tensor = torch.from_numpy(_volume(image)[None])
     subject = tio.Subject({KEY: tio.ScalarImage(tensor=tensor)})
-    out = transform(subject)[KEY].data
-    return out[0, ..., 0].numpy().astype(np.float64)
+    out = transform(subject)[KEY].data[0].numpy().astype(np.float64)
+    return out.reshape(np.shape(image))

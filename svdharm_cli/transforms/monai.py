@@ -225,7 +225,26 @@ class SVDHarmonized(MapTransform):
         return d
 
 
-class RandSVDDeharmonized(RandomizableTransform, MapTransform):
+class _SharedDraw(RandomizableTransform, MapTransform):
+    """A dictionary transform whose array transform (``self.array``) draws once per sample
+    for all its keys; seeding it seeds both."""
+
+    array: Any
+    harmonize_always = False
+    """Whether a sample not drawn is still harmonized (harmonize + de-harmonize)."""
+
+    def set_random_state(
+        self, seed: int | None = None, state: np.random.RandomState | None = None
+    ) -> _SharedDraw:
+        super().set_random_state(seed, state)
+        self.array.set_random_state(seed, state)
+        return self
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        return _shared_draw(self, self.array, data, self.harmonize_always)
+
+
+class RandSVDDeharmonized(_SharedDraw):
     """Dictionary version of :class:`RandSVDDeharmonize`: one draw per sample, shared by
     all its ``keys`` (which must have the same number of channels)."""
 
@@ -260,22 +279,13 @@ class RandSVDDeharmonized(RandomizableTransform, MapTransform):
         )
         self.mask_key = mask_key
 
-    def set_random_state(
-        self, seed: int | None = None, state: np.random.RandomState | None = None
-    ) -> RandSVDDeharmonized:
-        super().set_random_state(seed, state)
-        self.array.set_random_state(seed, state)
-        return self
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        return _shared_draw(self, self.array, data)
-
-
-class RandSVDHarmonizeDeharmonized(RandomizableTransform, MapTransform):
+class RandSVDHarmonizeDeharmonized(_SharedDraw):
     """Dictionary version of :class:`RandSVDHarmonizeDeharmonize`: one draw per sample,
     shared by all its ``keys``; a sample not drawn (``prob``) is harmonized only."""
 
     backend = _BACKEND
+    harmonize_always = True
 
     def __init__(
         self,
@@ -305,16 +315,6 @@ class RandSVDHarmonizeDeharmonized(RandomizableTransform, MapTransform):
             slice_axis=slice_axis,
         )
         self.mask_key = mask_key
-
-    def set_random_state(
-        self, seed: int | None = None, state: np.random.RandomState | None = None
-    ) -> RandSVDHarmonizeDeharmonized:
-        super().set_random_state(seed, state)
-        self.array.set_random_state(seed, state)
-        return self
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        return _shared_draw(self, self.array, data, harmonize_always=True)
 
 
 def _mask_of(d: Mapping[Hashable, Any], key: Hashable | None) -> Any:
