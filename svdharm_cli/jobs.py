@@ -288,7 +288,7 @@ def run(
         )
         warnings = _mask_warnings(reference, request)
         checked = None
-        if config.device != "cpu":  # before the first output: the device against the CPU
+        if config.device != "cpu" and not executor.remote:  # before the first output
             checked = device_check(units, config)
             if checked is not None and not checked["passed"]:
                 raise UsageError(

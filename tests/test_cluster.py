@@ -140,6 +140,15 @@ def test_scheduler_file_and_environment_variable(cluster: Any, tree: Path, tmp_p
     assert _tree(out) == _tree(out2)
 
 
+def test_workers_without_the_device_are_refused(cluster: Any, tree: Path, tmp_path: Path) -> None:
+    """Each worker checks --device against its own GPUs (torch here is a CPU build)."""
+    args = ["augment", tree / "site0", tmp_path / "out", "--seed", 1, "--device", "cuda"]
+    result = svdharm(*args, "--scheduler", cluster.scheduler_address)
+    assert result.code == 2
+    assert "--device cuda: torch" in result.stderr and "sees no CUDA device" in result.stderr
+    assert not list((tmp_path / "out").glob("**/*.png"))
+
+
 def test_unreachable_scheduler_is_a_usage_error_at_once(tree: Path, tmp_path: Path) -> None:
     start = time.monotonic()
     result = svdharm(

@@ -129,7 +129,9 @@ def test_fit_reference_equals_the_cli(site: dict) -> None:
 
 
 @pytest.mark.parametrize("kernels", ["numpy", "torch"])
-@pytest.mark.parametrize("shape", [(1, 64, 64), (3, 120, 97), (1, 512, 512), (1, 40, 36, 6)])
+@pytest.mark.parametrize(
+    "shape", [(1, 64, 64), (3, 120, 97), (1, 512, 512), (1, 1024, 1024), (1, 40, 36, 6)]
+)
 def test_torch_equals_numpy(
     shape: tuple[int, ...], kernels: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
