@@ -84,42 +84,38 @@ def plural(count: int, noun: str) -> str:
 
 
 def summary(run: RunSummary, quiet: bool) -> None:
-    from svdharm_cli.worker import ALREADY_DONE
-
-    report_failures(run.results)
+    tally = run.tally
+    err = stderr()
+    for reason in tally.failures[:MAX_LISTED]:
+        err.print(f"[red]failed:[/] {safe(reason)}")
+    if tally.counts.get("failed", 0) > MAX_LISTED:
+        err.print(f"... and {tally.counts['failed'] - MAX_LISTED} more failures (see the log)")
     for warning in run.warnings:
-        stderr().print(f"[yellow]warning:[/] {safe(warning)}")
+        err.print(f"[yellow]warning:[/] {safe(warning)}")
     if run.interrupted is not None:
         name = signal.Signals(run.interrupted).name
-        stderr().print(
-            f"[bold red]interrupted[/] by {name} after {len(run.results)} of {run.total} "
+        err.print(
+            f"[bold red]interrupted[/] by {name} after {tally.files} of {run.total} "
             "files; run the same command with --skip-existing to finish"
         )
     if quiet:
         return
     out = stdout()
     ok, skipped, failed = run.count("ok"), run.count("skipped"), run.count("failed")
-    written = sum(len(r.outputs) for r in run.results)
     style = "red" if failed else "green"
     out.print(
         f"[{style}]processed {ok}[/], skipped {skipped}, failed {failed} "
-        f"({plural(written, 'file')} written) in {run.seconds:.1f} s"
+        f"({plural(tally.written, 'file')} written) in {run.seconds:.1f} s"
     )
-    done = [r for r in run.results if (r.reason or "").endswith(ALREADY_DONE)]
-    if done or run.retried:
+    if tally.already_done or run.retried:
         retried = f"; {run.retried} that failed before tried again" if run.retried else ""
-        out.print(f"resumed: {plural(len(done), 'file')} already done{retried}")
+        out.print(f"resumed: {plural(tally.already_done, 'file')} already done{retried}")
     if run.ignored:
         out.print(f"ignored {plural(run.ignored, 'file')} that are not images (named in the log)")
-    skipped_results = [
-        r
-        for r in run.results
-        if r.status == "skipped" and not (r.reason or "").endswith(ALREADY_DONE)
-    ]
-    for r in skipped_results[:MAX_LISTED]:
-        out.print(f"skipped: {safe(r.reason or r.path)}")
-    if len(skipped_results) > MAX_LISTED:
-        out.print(f"... and {len(skipped_results) - MAX_LISTED} more skipped (see the log)")
+    for reason in tally.skips[:MAX_LISTED]:
+        out.print(f"skipped: {safe(reason)}")
+    if tally.other_skips:
+        out.print(f"... and {tally.other_skips} more skipped (see the log)")
     if run.seed is not None and not run.seed_given:
         out.print(f"seed: {run.seed} (pass --seed {run.seed} to reproduce this run)")
     elif run.seed is not None:

@@ -6,12 +6,13 @@ The CLI turns options into a :class:`RunRequest` and calls :func:`run` or
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,17 @@ from svdharm_cli.executors.work import Rooted, gather, run_units
 from svdharm_cli.fitting import Measured, MeasureUnits, sha256_file, unit_statistics
 from svdharm_cli.formats import DEFAULT_MAX_PIXELS, WriteOptions
 from svdharm_cli.methods import DEFAULT_HIGH, DEFAULT_LOW, Method
-from svdharm_cli.plan import Unit, check_roots, discover, plan_units
+from svdharm_cli.plan import (
+    Folder,
+    Unit,
+    check_roots,
+    count_candidates,
+    discover,
+    plan_units,
+    walk,
+)
 from svdharm_cli.reference import Reference
-from svdharm_cli.runlog import LOG_FORMAT, LOG_VERSION, file_record, iso, utc_now, write_log
+from svdharm_cli.runlog import LOG_FORMAT, LOG_VERSION, Spill, Tally, iso, utc_now, write_log
 from svdharm_cli.safety import OutputLock, sweep_temporaries
 from svdharm_cli.worker import (
     ALREADY_DONE,
@@ -76,9 +85,10 @@ class RunRequest:
 
 @dataclass(frozen=True)
 class RunSummary:
-    """What a finished run did."""
+    """What a finished run did: its records' :class:`~svdharm_cli.runlog.Tally` (counts and
+    the first failures and skips), not the records themselves (they are in the log)."""
 
-    results: list[FileResult]
+    tally: Tally
     seconds: float
     log_path: Path
     seed: int | None
@@ -90,11 +100,11 @@ class RunSummary:
     warnings: tuple[str, ...] = ()
 
     def count(self, status: str) -> int:
-        return sum(r.status == status for r in self.results)
+        return self.tally.counts.get(status, 0)
 
     @property
-    def failed(self) -> list[FileResult]:
-        return [r for r in self.results if r.status == FAILED]
+    def failed(self) -> int:
+        return self.count(FAILED)
 
 
 def fit_reference(
@@ -251,15 +261,8 @@ def run(
         seed = request.seed
         if request.method is not Method.HARMONIZE and seed is None:
             seed = secrets.randbits(63)
-        found = discover(
-            request.inp,
-            include=request.include,
-            exclude=request.exclude,
-            skip_dirs=[request.out],
-            include_hidden=request.include_hidden,
-        )
-        root, rels = found.root, found.images
-        units = plan_units(root, rels, found.dicom)
+        walked = Walked(request, root_of(request.inp))
+        root = walked.root
         here = executor.worker_path
         readable = [here(root)] + ([] if request.mask_dir is None else [here(request.mask_dir)])
         executor.check(readable, [here(request.out)])
@@ -288,8 +291,11 @@ def run(
         )
         warnings = _mask_warnings(reference, request)
         checked = None
+        units = walked.units()
         if config.device != "cpu" and not executor.remote:  # before the first output
-            checked = device_check(units, config)
+            first = list(itertools.islice(units, 5))
+            units = itertools.chain(first, units)
+            checked = device_check(first, config)
             if checked is not None and not checked["passed"]:
                 raise UsageError(
                     f"--device {config.device}: on {checked['unit']} its results differ from "
@@ -297,67 +303,125 @@ def run(
                     f"{checked['bound']:.3g}, {checked['scale']}); nothing was written",
                     hint="use --device cpu, and report the device and torch version",
                 )
-        on_start(len(rels))
-        outcome = run_units(executor, units, config, on_result)
-        warnings.extend(executor.warnings)
+        on_start(walked.estimate())
+        spill = Spill(request.out)
+        try:
+            outcome = run_units(executor, units, config, on_result, sink=spill.add)
+            warnings.extend(executor.warnings)
+            if outcome.interrupted is not None:
+                walked.finish()  # count what was not walked yet: the counts stay exact
+            tally = spill.tally(previous_failures)
+            retried = None if previous_failures is None else tally.retried
+            seconds = time.perf_counter() - clock
+            data = {
+                "format": LOG_FORMAT,
+                "format_version": LOG_VERSION,
+                "tool": "svdharm",
+                "tool_version": __version__,
+                "command": request.command,
+                "argv": list(request.argv or sys.argv),
+                "status": "completed" if outcome.interrupted is None else "interrupted",
+                "signal": None
+                if outcome.interrupted is None
+                else signal.Signals(outcome.interrupted).name,
+                "started": iso(started),
+                "finished": iso(utc_now()),
+                "seconds": round(seconds, 3),
+                "input": str(request.inp),
+                "output": str(request.out),
+                "input_root_absolute": str(root.resolve()),
+                "output_absolute": str(request.out.resolve()),
+                "parameters": _parameters(request, fractions, executor),
+                "executor": executor.describe(),
+                "device_check": checked,
+                "reference": ref_record,
+                "seed": seed,
+                "seed_given": request.seed is not None,
+                "counts": {
+                    **tally.counts,
+                    "already_done": tally.already_done,
+                    "retried_failures": retried,
+                    "not_processed": walked.images - tally.files,
+                    "ignored": len(walked.ignored),
+                },
+                "ignored": sorted(walked.ignored),
+                "warnings": warnings,
+                "volumes": sorted(walked.volumes, key=lambda v: min(v["files"])),
+                "files": None,
+            }
+            log_path = write_log(data, request.out, request.command, request.log, spill.lines())
+        finally:
+            spill.close()
         if outcome.interrupted is not None:
             sweep_temporaries(request.out)
-        results = outcome.results
-        retried = None
-        if previous_failures is not None:
-            retried = sum(r.path in previous_failures and not _already_done(r) for r in results)
-        seconds = time.perf_counter() - clock
-        data = {
-            "format": LOG_FORMAT,
-            "format_version": LOG_VERSION,
-            "tool": "svdharm",
-            "tool_version": __version__,
-            "command": request.command,
-            "argv": list(request.argv or sys.argv),
-            "status": "completed" if outcome.interrupted is None else "interrupted",
-            "signal": None
-            if outcome.interrupted is None
-            else signal.Signals(outcome.interrupted).name,
-            "started": iso(started),
-            "finished": iso(utc_now()),
-            "seconds": round(seconds, 3),
-            "input": str(request.inp),
-            "output": str(request.out),
-            "input_root_absolute": str(root.resolve()),
-            "output_absolute": str(request.out.resolve()),
-            "parameters": _parameters(request, fractions, executor),
-            "executor": executor.describe(),
-            "device_check": checked,
-            "reference": ref_record,
-            "seed": seed,
-            "seed_given": request.seed is not None,
-            "counts": {
-                **{s: sum(r.status == s for r in results) for s in (OK, SKIPPED, FAILED)},
-                "already_done": sum(_already_done(r) for r in results),
-                "retried_failures": retried,
-                "not_processed": len(rels) - len(results),
-                "ignored": len(found.ignored),
-            },
-            "ignored": found.ignored,
-            "warnings": warnings,
-            "volumes": [
-                {"volume": u.volume, "files": list(u.files)} for u in units if u.volume is not None
-            ],
-            "files": [file_record(r) for r in results],
-        }
-        log_path = write_log(data, request.out, request.command, request.log)
     return RunSummary(
-        results,
+        tally,
         seconds,
         log_path,
         seed,
         request.seed is not None,
-        total=len(rels),
+        total=walked.images,
         interrupted=outcome.interrupted,
-        ignored=len(found.ignored),
+        ignored=len(walked.ignored),
         retried=retried,
         warnings=tuple(warnings),
     )
+
+
+def root_of(inp: Path) -> Path:
+    """The input root: IN, or the folder of a single file given as IN."""
+    return inp.parent if inp.is_file() else inp
+
+
+class Walked:
+    """The input tree walked folder by folder as the run dispatches (:func:`plan.walk`):
+    units come a folder at a time, and what the log needs besides the file records is
+    counted on the way (images, the files no format takes, the DICOM series)."""
+
+    def __init__(self, request: RunRequest, root: Path) -> None:
+        self.request = request
+        self.root = root
+        self.images = 0
+        self.ignored: list[str] = []
+        self.volumes: list[dict[str, Any]] = []
+        self._folders = walk(
+            request.inp,
+            include=request.include,
+            exclude=request.exclude,
+            skip_dirs=[request.out],
+            include_hidden=request.include_hidden,
+        )
+
+    def _take(self, folder: Folder) -> None:
+        self.images += len(folder.images)
+        self.ignored.extend(folder.ignored)
+
+    def units(self) -> Iterator[Unit]:
+        for folder in self._folders:
+            self._take(folder)
+            dicom = None if self.request.inp.is_file() else folder.dicom
+            for unit in plan_units(self.root, folder.images, dicom):
+                if unit.volume is not None:
+                    self.volumes.append({"volume": unit.volume, "files": list(unit.files)})
+                yield unit
+
+    def finish(self) -> None:
+        """Walk the rest without planning it (after a stop), so that the counts are exact."""
+        for folder in self._folders:
+            self._take(folder)
+
+    def estimate(self) -> int:
+        """The progress bar's total: the files the walk will consider, counted by name
+        first (:func:`plan.count_candidates`), so it includes files that turn out not to be
+        images; the bar's total is an upper bound until the walk ends."""
+        r = self.request
+        return count_candidates(
+            r.inp,
+            include=r.include,
+            exclude=r.exclude,
+            skip_dirs=[r.out],
+            include_hidden=r.include_hidden,
+        )
 
 
 def _mask_warnings(reference: Reference | None, request: RunRequest) -> list[str]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,15 +75,26 @@ class Found:
     dicom: frozenset[str] | None = None
 
 
-def discover(
+@dataclass(frozen=True)
+class Folder:
+    """What one folder of a walk holds: its images and ignored files (relative POSIX paths,
+    sorted) and which images are DICOM (None when not sniffed: a single file given)."""
+
+    images: list[str]
+    ignored: list[str]
+    dicom: frozenset[str] | None = None
+
+
+def walk(
     inp: Path,
     *,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     skip_dirs: Sequence[Path] = (),
     include_hidden: bool = False,
-) -> Found:
-    """The input root, the images under it and the files ignored there.
+) -> Iterator[Folder]:
+    """The images under ``inp``, one folder at a time, in walk order (a folder, then its
+    subfolders by name): memory is bounded by the largest folder, not by the tree.
 
     A file given directly is taken as it is. In a folder: hidden files and folders (names
     starting with ``.``) are skipped unless ``include_hidden``; symbolic links to folders
@@ -93,9 +104,9 @@ def discover(
     none are given) and no ``exclude``.
     """
     if inp.is_file():
-        return Found(inp.parent, [inp.name], [])
+        yield Folder([inp.name], [])
+        return
     skip = {os.path.realpath(p) for p in skip_dirs}
-    found, ignored, dicom = [], [], []
     top = os.fspath(inp)
     for dirpath, dirnames, filenames in os.walk(top):
         dirnames[:] = sorted(
@@ -104,18 +115,13 @@ def discover(
             if (include_hidden or not d.startswith("."))
             and os.path.realpath(os.path.join(dirpath, d)) not in skip
         )
+        found, ignored, dicom = [], [], []
         # Plain strings here: a tree of 10,000 files is walked in a few hundredths of a second.
         below = os.path.relpath(dirpath, top)
         prefix = "" if below == "." else below.replace(os.sep, "/") + "/"
-        for name in filenames:
-            if name.startswith(".") and not include_hidden:
-                continue
-            if name.endswith(TEMP_MARKER) or name == LOCK_NAME:
-                continue
-            rel = prefix + name
-            if include and not any(fnmatch.fnmatch(rel, g) for g in include):
-                continue
-            if any(fnmatch.fnmatch(rel, g) for g in exclude):
+        for name in sorted(filenames):
+            rel = _candidate(prefix, name, include, exclude, include_hidden)
+            if rel is None:
                 continue
             handler = handler_by_name(name) or handler_for(Path(dirpath, name))
             if handler is None:
@@ -124,7 +130,81 @@ def discover(
             found.append(rel)
             if handler.name == "dicom":
                 dicom.append(rel)
-    return Found(inp, sorted(found), sorted(ignored), frozenset(dicom))
+        if found or ignored:
+            yield Folder(found, ignored, frozenset(dicom))
+
+
+def _candidate(
+    prefix: str, name: str, include: Sequence[str], exclude: Sequence[str], hidden: bool
+) -> str | None:
+    """The relative path of a file the walk considers (names and globs only), or None."""
+    if name.startswith(".") and not hidden:
+        return None
+    if name.endswith(TEMP_MARKER) or name == LOCK_NAME:
+        return None
+    rel = prefix + name
+    if include and not any(fnmatch.fnmatch(rel, g) for g in include):
+        return None
+    if any(fnmatch.fnmatch(rel, g) for g in exclude):
+        return None
+    return rel
+
+
+def count_candidates(
+    inp: Path,
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    skip_dirs: Sequence[Path] = (),
+    include_hidden: bool = False,
+) -> int:
+    """How many files :func:`walk` will consider (by names and globs; nothing is opened):
+    the progress bar's total before the walk is done. It counts the files that will turn
+    out not to be images too, so it is an upper bound of the images."""
+    if inp.is_file():
+        return 1
+    skip = {os.path.realpath(p) for p in skip_dirs}
+    top = os.fspath(inp)
+    count = 0
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if (include_hidden or not d.startswith("."))
+            and os.path.realpath(os.path.join(dirpath, d)) not in skip
+        ]
+        below = os.path.relpath(dirpath, top)
+        prefix = "" if below == "." else below.replace(os.sep, "/") + "/"
+        count += sum(
+            _candidate(prefix, name, include, exclude, include_hidden) is not None
+            for name in filenames
+        )
+    return count
+
+
+def discover(
+    inp: Path,
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    skip_dirs: Sequence[Path] = (),
+    include_hidden: bool = False,
+) -> Found:
+    """The input root, the images under it and the files ignored there, all at once
+    (:func:`walk`'s folders gathered; for trees of a size that fits in memory)."""
+    root = inp.parent if inp.is_file() else inp
+    if inp.is_file():
+        return Found(root, [inp.name], [])
+    found: list[str] = []
+    ignored: list[str] = []
+    dicom: set[str] = set()
+    for folder in walk(
+        inp, include=include, exclude=exclude, skip_dirs=skip_dirs, include_hidden=include_hidden
+    ):
+        found.extend(folder.images)
+        ignored.extend(folder.ignored)
+        dicom.update(folder.dicom or ())
+    return Found(root, sorted(found), sorted(ignored), frozenset(dicom))
 
 
 def plan_units(root: Path, rels: Sequence[str], dicom: Collection[str] | None = None) -> list[Unit]:

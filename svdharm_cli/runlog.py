@@ -8,13 +8,19 @@ written atomically. It holds paths and parameters only, never image header value
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import json
+import os
+import uuid
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from svdharm_cli.atomic import write_text
-from svdharm_cli.worker import FileResult
+from svdharm_cli.atomic import TEMP_MARKER, atomic_path, write_text
+from svdharm_cli.worker import ALREADY_DONE, FAILED, OK, SKIPPED, FileResult
 
 LOG_FORMAT = "svdharm-run-log"
 LOG_VERSION = 1
@@ -44,6 +50,143 @@ def file_record(result: FileResult) -> dict[str, Any]:
     }
 
 
+LISTED = 20
+"""Failures and skips a :class:`Tally` keeps the reasons of (the summary lists as many)."""
+
+
+@dataclass
+class Tally:
+    """What a run's records add up to, taken from the records themselves."""
+
+    counts: dict[str, int] = field(default_factory=lambda: {OK: 0, SKIPPED: 0, FAILED: 0})
+    written: int = 0
+    already_done: int = 0
+    retried: int = 0
+    failures: list[str] = field(default_factory=list)
+    """The first :data:`LISTED` failures' reasons, in path order."""
+    skips: list[str] = field(default_factory=list)
+    """The first :data:`LISTED` skips' reasons (not those already done), in path order."""
+    other_skips: int = 0
+
+    @property
+    def files(self) -> int:
+        return sum(self.counts.values())
+
+
+class Spill:
+    """The file records of a run, written as they are final and given back in path order
+    in bounded memory.
+
+    Records arrive in the order units finish; each is turned into its log line at once and
+    kept in a buffer of at most ``run_size`` lines, which is sorted by path and written to
+    a run file next to the log when full (hidden temporaries of OUT, removed by
+    :meth:`close` and swept by the next run after a crash). :meth:`lines` merges the runs
+    (``heapq.merge``, one line per run in memory); a path reported twice keeps its latest
+    record. So the client holds a buffer and a merge's heads, never a record per file, and
+    the log keeps its format and order.
+    """
+
+    MAX_RUNS = 128
+    """Run files kept before they are merged into one (open files stay few)."""
+
+    def __init__(self, folder: Path, run_size: int = 4_000) -> None:
+        self.folder = folder
+        self.run_size = run_size
+        self.stem = f".svdharm-log-{uuid.uuid4().hex[:12]}"
+        self.buffer: list[tuple[str, str]] = []
+        self.runs: list[Path] = []
+        self._names = 0
+
+    def _next_name(self) -> Path:
+        self._names += 1
+        return self.folder / f"{self.stem}-{self._names}{TEMP_MARKER}"
+
+    def add(self, result: FileResult) -> None:
+        done = result.status == SKIPPED and (result.reason or "").endswith(ALREADY_DONE)
+        head = json.dumps([result.path, result.status, len(result.outputs), done])
+        self.buffer.append((result.path, head + "\t" + json.dumps(file_record(result))))
+        if len(self.buffer) >= self.run_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        self.buffer.sort(key=lambda item: item[0])
+        path = self._next_name()
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(line + "\n" for _, line in self.buffer)
+        self.runs.append(path)
+        self.buffer = []
+        if len(self.runs) >= self.MAX_RUNS:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Merge every run file into one (a cascade: 10 million records make a few merges
+        of 128 runs, never 2,500 open files)."""
+        path = self._next_name()
+        runs, self.runs = self.runs, []
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(line if line.endswith("\n") else line + "\n" for line in self._raw(runs))
+        for old in runs:
+            os.unlink(old)
+        self.runs = [path]
+
+    def _raw(self, runs: list[Path], memory: Sequence[tuple[str, str]] = ()) -> Iterator[str]:
+        """The lines of ``runs`` and ``memory`` merged by path (stable: equal paths in the
+        order they were added)."""
+        with contextlib.ExitStack() as stack:
+            files: list[TextIO] = [stack.enter_context(open(p, encoding="utf-8")) for p in runs]
+            streams = [((_key(line), line) for line in f) for f in files]
+            buffered = ((key, line) for key, line in memory)
+            for _, line in heapq.merge(*streams, buffered, key=lambda item: item[0]):
+                yield line
+
+    def _merged(self) -> Iterator[tuple[list[Any], str]]:
+        """``(head, record line)`` in path order, one per path (the latest)."""
+        self.buffer.sort(key=lambda item: item[0])
+        last: tuple[list[Any], str] | None = None
+        for line in self._raw(self.runs, self.buffer):
+            item = (json.loads(line.split("\t", 1)[0]), line)
+            if last is not None and last[0][0] != item[0][0]:
+                yield last
+            last = item
+        if last is not None:
+            yield last
+
+    def tally(self, previous_failures: Collection[str] | None = None) -> Tally:
+        """Counts and the first reasons, from one pass over the merged records."""
+        tally = Tally()
+        for (path, status, outputs, done), line in self._merged():
+            tally.counts[status] = tally.counts.get(status, 0) + 1
+            tally.written += outputs
+            tally.already_done += bool(done)
+            if previous_failures is not None and path in previous_failures and not done:
+                tally.retried += 1
+            listed = tally.failures if status == FAILED else tally.skips
+            if status == FAILED or (status == SKIPPED and not done):
+                if len(listed) < LISTED:
+                    record = json.loads(line.split("\t", 1)[1])
+                    listed.append(record["reason"] or record["path"])
+                elif status == SKIPPED:
+                    tally.other_skips += 1
+        return tally
+
+    def lines(self) -> Iterator[str]:
+        """The records' log lines (JSON objects), in path order."""
+        for _, line in self._merged():
+            yield line.rstrip("\n").split("\t", 1)[1]
+
+    def close(self) -> None:
+        for path in self.runs:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self.runs = []
+        self.buffer = []
+
+
+def _key(line: str) -> str:
+    """The path a spilled line sorts by (its head's first element)."""
+    return str(json.loads(line.split("\t", 1)[0])[0])
+
+
 def to_json(data: dict[str, Any]) -> str:
     """``data`` as indented JSON, except that each element of ``files`` takes one line:
     as readable, and written by the C encoder (indenting forces the much slower Python
@@ -57,8 +200,18 @@ def to_json(data: dict[str, Any]) -> str:
     return head.replace(marker, '"files": [\n' + lines + "\n  ]", 1) + "\n"
 
 
-def write_log(data: dict[str, Any], out_root: Path, command: str, explicit: Path | None) -> Path:
-    """Write ``data`` as JSON; return where it went."""
+def write_log(
+    data: dict[str, Any],
+    out_root: Path,
+    command: str,
+    explicit: Path | None,
+    files: Iterator[str] | None = None,
+) -> Path:
+    """Write ``data`` as JSON; return where it went. With ``files`` (the records' lines, as
+    :meth:`Spill.lines` gives them) the log is streamed to its file: ``data["files"]`` is
+    written from them, one record per line, without holding them."""
+    if files is not None:
+        return _stream_log(data, files, out_root, command, explicit)
     text = to_json(data)
     if explicit is not None:
         write_text(explicit, text)
@@ -72,4 +225,37 @@ def write_log(data: dict[str, Any], out_root: Path, command: str, explicit: Path
             return path
         except FileExistsError:
             continue
+    raise FileExistsError(f"no free log name for {base} in {out_root}")
+
+
+def _stream_log(
+    data: dict[str, Any], files: Iterator[str], out_root: Path, command: str, explicit: Path | None
+) -> Path:
+    head = json.dumps({**data, "files": None}, indent=2, allow_nan=False)
+    before, after = head.split('"files": null', 1)
+
+    def write(path: Path, replace: bool) -> None:
+        with atomic_path(path, replace=replace) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            f.write(before + '"files": [')
+            first = True
+            for line in files:
+                f.write(("\n    " if first else ",\n    ") + line)
+                first = False
+            f.write("\n  ]" if not first else "]")
+            f.write(after + "\n")
+
+    if explicit is not None:
+        write(explicit, True)
+        return explicit
+    stamp = data["started"].replace("-", "").replace(":", "").split(".")[0] + "Z"
+    base = f"svdharm-{command}-{stamp}"
+    for n in range(10_000):
+        path = out_root / (f"{base}.json" if n == 0 else f"{base}-{n}.json")
+        if path.exists():
+            continue
+        try:
+            write(path, False)
+            return path
+        except FileExistsError:
+            raise FileExistsError(f"{path} appeared while the log was written") from None
     raise FileExistsError(f"no free log name for {base} in {out_root}")

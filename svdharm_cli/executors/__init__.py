@@ -27,7 +27,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -80,11 +81,11 @@ class Executor(Protocol):
         """Refuse with a :class:`~svdharm_cli.errors.UsageError` unless the workers can
         read ``readable`` and write into ``writable`` (folders, at these paths)."""
 
-    def execute(self, task: Task, items: Sequence[Sized], accept: Accept) -> None:
-        """Run ``task`` on every item, calling ``accept`` here with each payload as it
-        arrives. On SIGINT/SIGTERM (:class:`Interrupted` or KeyboardInterrupt) it stops
-        dispatching, makes sure no task is left running, accepts the payloads of those that
-        finished, and re-raises."""
+    def execute(self, task: Task, items: Iterable[Sized], accept: Accept) -> None:
+        """Run ``task`` on every item (read ahead a window at a time, :class:`Feed`),
+        calling ``accept`` here with each payload as it arrives. On SIGINT/SIGTERM
+        (:class:`Interrupted` or KeyboardInterrupt) it stops dispatching, makes sure no task
+        is left running, accepts the payloads of those that finished, and re-raises."""
 
     def describe(self) -> dict[str, Any]:
         """What ran the tasks, for the run log (kind, address, worker count)."""
@@ -106,11 +107,58 @@ CHUNK_BYTES = 256 * 1024
 a larger item is a task of its own."""
 
 
-def take_chunk(pending: list[Any], slots: int) -> list[Any]:
-    """Pop the next task's items from the end of ``pending``: one item, or several small
-    ones (up to :data:`CHUNK_BYTES` and 64 items, and no more than an eighth of each
-    slot's share while many remain), since dispatching a task costs about as much as
-    processing a small image."""
+WINDOW = 4096
+"""Items an executor reads ahead of what it dispatched (:class:`Feed`)."""
+
+
+class Feed:
+    """The items still to dispatch, read from an iterable (a walk of the input tree) at most
+    :data:`WINDOW` ahead: a run's client holds a window of its work, never the whole tree.
+    ``pop()`` takes the next item and ``feed[-1]`` looks at it (the shape of the reversed
+    list the executors used to pop from); ``len(feed)`` is what is read ahead."""
+
+    def __init__(self, items: Iterable[Sized], window: int = WINDOW) -> None:
+        self._items = iter(items)
+        self._ahead: deque[Sized] = deque()
+        self.window = window
+        self.exhausted = False
+        self.ahead_size = 0
+        self._fill()
+
+    def _fill(self) -> None:
+        while not self.exhausted and len(self._ahead) < self.window:
+            try:
+                item = next(self._items)
+            except StopIteration:
+                self.exhausted = True
+            else:
+                self._ahead.append(item)
+                self.ahead_size += item.size
+
+    def pop(self) -> Any:
+        item = self._ahead.popleft()
+        self.ahead_size -= item.size
+        if len(self._ahead) < self.window // 2:
+            self._fill()
+        return item
+
+    def __getitem__(self, index: int) -> Any:
+        if index != -1:
+            raise IndexError("a feed shows only its next item, as feed[-1]")
+        return self._ahead[0]
+
+    def __len__(self) -> int:
+        return len(self._ahead)
+
+    def __bool__(self) -> bool:
+        return bool(self._ahead)
+
+
+def take_chunk(pending: Feed | list[Any], slots: int) -> list[Any]:
+    """Pop the next task's items from ``pending`` (a :class:`Feed`, or a list popped from
+    its end): one item, or several small ones (up to :data:`CHUNK_BYTES` and 64 items,
+    and no more than an eighth of each slot's share while many remain), since dispatching
+    a task costs about as much as processing a small image."""
     limit = max(1, min(MAX_CHUNK, len(pending) // (slots * 8)))
     chunk = [pending.pop()]
     total = chunk[0].size
@@ -149,7 +197,7 @@ class OneByOne:
         raise NotImplementedError
 
 
-def run_tasks(executor: Executor, task: Task, items: Sequence[Sized], accept: Accept) -> int | None:
+def run_tasks(executor: Executor, task: Task, items: Iterable[Sized], accept: Accept) -> int | None:
     """Run ``task`` on ``items``; return the signal that stopped the run early, or None.
 
     SIGINT and SIGTERM are caught for the duration (:func:`interruptible`); the executor

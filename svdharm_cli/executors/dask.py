@@ -35,7 +35,7 @@ import os
 import time
 import traceback
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from svdharm_cli.atomic import forget_folders
 from svdharm_cli.errors import UsageError
 from svdharm_cli.executors import (
     Accept,
+    Feed,
     Sized,
     Task,
     available_cpus,
@@ -172,7 +173,7 @@ class DaskExecutor:
                 f"and run svdharm {__version__}",
             )
 
-    def execute(self, task: Task, items: Sequence[Sized], accept: Accept) -> None:
+    def execute(self, task: Task, items: Iterable[Sized], accept: Accept) -> None:
         distributed = _distributed()
         client = self.client
         self.describe()
@@ -180,7 +181,7 @@ class DaskExecutor:
         self._alone.clear()
         stop = distributed.Event(f"svdharm-stop-{run}", client=client)
         keys = itertools.count()
-        pending = list(reversed(items))
+        pending = Feed(items)
         inflight: dict[Any, list[Any]] = {}
         finished = distributed.as_completed(loop=client.loop)
 

@@ -14,13 +14,13 @@ check it between units and slices; what finished is collected.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 from svdharm_cli.device import Device
-from svdharm_cli.executors import Accept, Sized, Task, take_chunk
+from svdharm_cli.executors import Accept, Feed, Sized, Task, take_chunk
 
 
 class DeviceExecutor:
@@ -44,15 +44,15 @@ class DeviceExecutor:
     def describe(self) -> dict[str, Any]:
         return {"kind": "device", "threads": self.workers, **self.resolved.describe()}
 
-    def execute(self, task: Task, items: Sequence[Sized], accept: Accept) -> None:
+    def execute(self, task: Task, items: Iterable[Sized], accept: Accept) -> None:
         lock = threading.Lock()
 
         def report(payload: Any) -> None:
             with lock:
                 accept(payload)
 
-        pending = list(reversed(items))
-        threads = min(self.workers, max(1, len(items)))
+        pending = Feed(items)
+        threads = min(self.workers, max(1, len(pending)))
         with ThreadPoolExecutor(threads, thread_name_prefix="svdharm-io") as pool:
             running: set[Future[None]] = set()
             try:

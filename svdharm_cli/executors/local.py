@@ -12,13 +12,21 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 from svdharm_cli.errors import UsageError
-from svdharm_cli.executors import Accept, Sized, Task, available_cpus, set_blas_threads, take_chunk
+from svdharm_cli.executors import (
+    Accept,
+    Feed,
+    Sized,
+    Task,
+    available_cpus,
+    set_blas_threads,
+    take_chunk,
+)
 from svdharm_cli.safety import (
     ignore_signals_in_worker,
     quiet_libraries,
@@ -74,29 +82,30 @@ class LocalPool:
         finished in this process)."""
         return {"kind": "local", "workers": self.workers, "processes": self.started}
 
-    def execute(self, task: Task, items: Sequence[Sized], accept: Accept) -> None:
+    def execute(self, task: Task, items: Iterable[Sized], accept: Accept) -> None:
         cpus = available_cpus()
-        workers = max(1, min(self.workers, len(items)))
-        pending = list(reversed(items))
+        pending = Feed(items)
+        workers = max(1, min(self.workers, len(pending)))
         # Chunks in this process first, as a worker would get them (a volume's slices
         # share the machine's cores), for as long as the rest looks short: see SOLO_SECONDS.
-        total = sum(item.size for item in items) or 1
+        # The rest is what is read ahead: all of it for a short run, a window for a long one.
         done, start = 0, time.monotonic()
         while pending:
             elapsed = time.monotonic() - start
+            rest = pending.ahead_size or 1
             if workers > 1 and (
-                self.solo <= 0 or (done and elapsed / done * (total - done) > self.solo)
+                self.solo <= 0
+                or not pending.exhausted
+                or (done and elapsed / done * rest > self.solo)
             ):
                 break
             chunk = take_chunk(pending, workers)
             task(chunk, cpus, accept)
             done += sum(item.size for item in chunk) or 1
         if pending:
-            self._pool(task, list(reversed(pending)), min(workers, len(pending)), cpus, accept)
+            self._pool(task, pending, min(workers, max(1, len(pending))), cpus, accept)
 
-    def _pool(
-        self, task: Task, items: Sequence[Sized], workers: int, cpus: int, accept: Accept
-    ) -> None:
+    def _pool(self, task: Task, pending: Feed, workers: int, cpus: int, accept: Accept) -> None:
         """Run ``task`` on ``items`` in ``workers`` worker processes."""
         self.started = workers
         context = multiprocessing.get_context("spawn")
@@ -109,7 +118,6 @@ class LocalPool:
                     accept(queue.get())
 
         try:
-            pending = list(reversed(items))
             running: set[Future[int]] = set()
             while pending or running:
                 while pending and len(running) < workers:

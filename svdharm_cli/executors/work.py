@@ -8,7 +8,8 @@ under several roots and report numbered payloads.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,7 +19,7 @@ from svdharm_cli.plan import Unit
 from svdharm_cli.safety import (
     Interrupted,
 )
-from svdharm_cli.worker import FAILED, FileResult, JobConfig, Stop, process_units
+from svdharm_cli.worker import FAILED, OK, FileResult, JobConfig, Stop, process_units
 
 
 @dataclass(frozen=True)
@@ -75,13 +76,16 @@ def gather(
 ) -> list[Any]:
     """Run ``task`` on numbered items; return the payloads in input order (whatever order
     they arrived in), passing each file's result to ``on_result`` as it comes. Raises
-    :class:`Interrupted` when a signal stopped the run."""
+    :class:`Interrupted` when a signal stopped the run. A payload keeps only its files'
+    problems (results that are not ``ok``): what fit-reference and compare report."""
     payloads: dict[int, Numbered] = {}
 
     def accept(payload: Numbered) -> None:
-        payloads[payload.index] = payload
         for res in payload.results:
             on_result(res)
+        # Only the problems are kept: a file that went well needs no record here.
+        problems = [r for r in payload.results if r.status != OK]
+        payloads[payload.index] = dataclasses.replace(payload, results=problems)  # type: ignore[type-var]
 
     interrupted = run_tasks(executor, task, items, accept)
     if interrupted is not None:
@@ -118,12 +122,16 @@ class BatchOutcome:
 
 def run_units(
     executor: Executor,
-    units: Sequence[Unit],
+    units: Iterable[Unit],
     config: JobConfig,
     on_result: Callable[[FileResult], None] = lambda r: None,
+    sink: Callable[[FileResult], None] | None = None,
 ) -> BatchOutcome:
-    """Process ``units``, calling ``on_result`` here as each file finishes; return the
-    files that finished, in input order, and the signal that stopped the run, if any.
+    """Process ``units`` (any iterable: a walk is read a window ahead), calling
+    ``on_result`` here as each file finishes; return the signal that stopped the run, if
+    any, and, without a ``sink``, the files that finished in path order. With a ``sink``
+    (the run log's :class:`~svdharm_cli.runlog.Spill`) each result goes there instead and
+    none is kept here.
 
     Workers report a unit only after its outputs are in place, so every output on disk
     after a stop is among the results.
@@ -132,9 +140,11 @@ def run_units(
 
     def accept(batch: list[FileResult]) -> None:
         for res in batch:
-            results[res.path] = res
+            if sink is None:
+                results[res.path] = res
+            else:
+                sink(res)
             on_result(res)
 
     interrupted = run_tasks(executor, ProcessUnits(config), units, accept)
-    order = sorted(rel for unit in units for rel in unit.files)
-    return BatchOutcome([results[r] for r in order if r in results], interrupted)
+    return BatchOutcome([results[r] for r in sorted(results)], interrupted)
