@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from svdharm_cli.atomic import TEMP_MARKER, atomic_path, write_text
+from svdharm_cli.atomic import TEMP_MARKER, atomic_path, temp_name
 from svdharm_cli.worker import ALREADY_DONE, FAILED, OK, SKIPPED, FileResult
 
 LOG_FORMAT = "svdharm-run-log"
@@ -209,53 +209,41 @@ def write_log(
 ) -> Path:
     """Write ``data`` as JSON; return where it went. With ``files`` (the records' lines, as
     :meth:`Spill.lines` gives them) the log is streamed to its file: ``data["files"]`` is
-    written from them, one record per line, without holding them."""
-    if files is not None:
-        return _stream_log(data, files, out_root, command, explicit)
-    text = to_json(data)
-    if explicit is not None:
-        write_text(explicit, text)
-        return explicit
-    stamp = data["started"].replace("-", "").replace(":", "").split(".")[0] + "Z"
-    base = f"svdharm-{command}-{stamp}"
-    for n in range(10_000):
-        path = out_root / (f"{base}.json" if n == 0 else f"{base}-{n}.json")
-        try:
-            write_text(path, text, replace=False)
-            return path
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free log name for {base} in {out_root}")
+    written from them, one record per line, without holding them. The log is written to a
+    temporary first; a default name is then taken by a link that never replaces a file."""
 
-
-def _stream_log(
-    data: dict[str, Any], files: Iterator[str], out_root: Path, command: str, explicit: Path | None
-) -> Path:
-    head = json.dumps({**data, "files": None}, indent=2, allow_nan=False)
-    before, after = head.split('"files": null', 1)
-
-    def write(path: Path, replace: bool) -> None:
-        with atomic_path(path, replace=replace) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    def fill(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            if files is None:
+                f.write(to_json(data))
+                return
+            head = json.dumps({**data, "files": None}, indent=2, allow_nan=False)
+            before, after = head.split('"files": null', 1)
             f.write(before + '"files": [')
             first = True
             for line in files:
                 f.write(("\n    " if first else ",\n    ") + line)
                 first = False
-            f.write("\n  ]" if not first else "]")
-            f.write(after + "\n")
+            f.write(("]" if first else "\n  ]") + after + "\n")
 
     if explicit is not None:
-        write(explicit, True)
+        with atomic_path(explicit) as tmp:
+            fill(tmp)
         return explicit
     stamp = data["started"].replace("-", "").replace(":", "").split(".")[0] + "Z"
     base = f"svdharm-{command}-{stamp}"
-    for n in range(10_000):
-        path = out_root / (f"{base}.json" if n == 0 else f"{base}-{n}.json")
-        if path.exists():
-            continue
-        try:
-            write(path, False)
-            return path
-        except FileExistsError:
-            raise FileExistsError(f"{path} appeared while the log was written") from None
+    out_root.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(out_root / f"{base}.json")
+    try:
+        fill(tmp)
+        for n in range(10_000):
+            path = out_root / (f"{base}.json" if n == 0 else f"{base}-{n}.json")
+            try:
+                os.link(tmp, path)
+                return path
+            except FileExistsError:
+                continue
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
     raise FileExistsError(f"no free log name for {base} in {out_root}")
