@@ -15,9 +15,10 @@ log says so in the file's ``fallback``.
 
 Test-only switches (environment variables, for machines without a GPU):
 ``SVDHARM_FAKE_CUDA=1`` makes ``cuda`` and ``cuda:0`` torch's CPU device, running the torch
-backend's kernels there (the code a GPU runs); ``SVDHARM_FAKE_CUDA_SKEW=x`` adds ``x`` to
-every value the device computes (to trip the safety net); ``SVDHARM_FAKE_CUDA_FAIL=text``
-makes the device's solver fail on units whose key contains ``text``.
+backend's kernels there (the code a GPU runs); with it, ``SVDHARM_FAKE_CUDA_SKEW=x`` adds
+``x`` to every value the device computes (to trip the safety net) and
+``SVDHARM_FAKE_CUDA_FAIL=text`` makes the device's solver fail on units whose key contains
+``text``. They are read once, when the device is resolved.
 """
 
 from __future__ import annotations
@@ -52,9 +53,12 @@ class DeviceFailure(Exception):
 
 @dataclass(frozen=True)
 class Device:
-    """A resolved device: ``spec`` is ``cpu`` or ``cuda:N``."""
+    """A resolved device: ``spec`` is ``cpu`` or ``cuda:N``; ``skew`` and ``fail`` are the
+    test switches, read once by :func:`resolve`."""
 
     spec: str
+    skew: float = 0.0
+    fail: str | None = None
 
     @property
     def is_cpu(self) -> bool:
@@ -78,13 +82,11 @@ class Device:
         if self.is_cpu:
             return np.asarray(values)
         out = values.detach().cpu().numpy()
-        skew = os.environ.get(FAKE_SKEW)
-        return out + float(skew) if skew else out
+        return out + self.skew if self.skew else out
 
     def check_failure(self, key: str) -> None:
         """Raise :class:`DeviceFailure` where the test switch asks for one."""
-        fail = os.environ.get(FAKE_FAIL)
-        if fail and fail in key:
+        if self.fail and self.fail in key:
             raise DeviceFailure("the device's solver failed (simulated)")
 
     def describe(self) -> dict[str, Any]:
@@ -118,7 +120,9 @@ def resolve(spec: str) -> Device:
         raise UsageError(f"--device {spec!r}: use cpu, cuda or cuda:N")
     index = 0 if text == "cuda" else int(text[5:])
     _check_cuda(index)
-    return Device(f"cuda:{index}")
+    skew = float(os.environ.get(FAKE_SKEW) or 0.0) if os.environ.get(FAKE) == "1" else 0.0
+    fail = os.environ.get(FAKE_FAIL) if os.environ.get(FAKE) == "1" else None
+    return Device(f"cuda:{index}", skew, fail or None)
 
 
 @cache

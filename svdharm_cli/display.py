@@ -45,11 +45,13 @@ def print_error(message: str, hint: str | None = None) -> None:
 @contextlib.contextmanager
 def progress(
     label: str, quiet: bool
-) -> Iterator[tuple[Callable[[int], None], Callable[[FileResult], None]]]:
-    """Yield ``(on_start, on_result)`` callbacks that drive a bar when one is wanted."""
+) -> Iterator[tuple[Callable[[int], None] | None, Callable[[FileResult], None]]]:
+    """Yield ``(on_start, on_result)`` callbacks that drive a bar when one is wanted;
+    ``on_start`` (which sets the bar's total) is None when there is no bar, so that no
+    total is counted for nobody."""
     err = stderr()
     if quiet or not err.is_terminal:
-        yield (lambda n: None), (lambda r: None)
+        yield None, (lambda r: None)
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 

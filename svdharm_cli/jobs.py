@@ -11,6 +11,7 @@ import json
 import secrets
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -233,7 +234,7 @@ def load_reference(
 
 def run(
     request: RunRequest,
-    on_start: Callable[[int], None] = lambda n: None,
+    on_start: Callable[[int], None] | None = None,
     on_result: Callable[[FileResult], None] = lambda r: None,
 ) -> RunSummary:
     """Carry out a harmonize or augment run and write its log.
@@ -303,7 +304,8 @@ def run(
                     f"{checked['bound']:.3g}, {checked['scale']}); nothing was written",
                     hint="use --device cpu, and report the device and torch version",
                 )
-        on_start(walked.estimate())
+        if on_start is not None:
+            walked.count_for(on_start)
         spill = Spill(request.out)
         try:
             outcome = run_units(executor, units, config, on_result, sink=spill.add)
@@ -384,6 +386,7 @@ class Walked:
         self.images = 0
         self.ignored: list[str] = []
         self.volumes: list[dict[str, Any]] = []
+        self._walked: Callable[[int], None] = lambda images: None
         self._folders = walk(
             request.inp,
             include=request.include,
@@ -397,31 +400,49 @@ class Walked:
         self.ignored.extend(folder.ignored)
 
     def units(self) -> Iterator[Unit]:
+        single = self.request.inp.is_file()
         for folder in self._folders:
             self._take(folder)
-            dicom = None if self.request.inp.is_file() else folder.dicom
-            for unit in plan_units(self.root, folder.images, dicom):
+            for unit in plan_units(self.root, folder.images, None if single else folder.dicom):
                 if unit.volume is not None:
                     self.volumes.append({"volume": unit.volume, "files": list(unit.files)})
                 yield unit
+        self._walked(self.images)
 
     def finish(self) -> None:
         """Walk the rest without planning it (after a stop), so that the counts are exact."""
         for folder in self._folders:
             self._take(folder)
 
-    def estimate(self) -> int:
-        """The progress bar's total: the files the walk will consider, counted by name
-        first (:func:`plan.count_candidates`), so it includes files that turn out not to be
-        images; the bar's total is an upper bound until the walk ends."""
-        r = self.request
-        return count_candidates(
-            r.inp,
-            include=r.include,
-            exclude=r.exclude,
-            skip_dirs=[r.out],
-            include_hidden=r.include_hidden,
-        )
+    def count_for(self, on_total: Callable[[int], None]) -> None:
+        """Give the progress bar its total: first an estimate, the files the walk will
+        consider counted by name alone (:func:`plan.count_candidates`, an upper bound: it
+        includes files that turn out not to be images), counted in a thread while the run
+        starts, so no dispatch waits for it; then, once the walk has ended, the exact
+        number of images."""
+        lock = threading.Lock()
+        exact = [False]
+
+        def walked(images: int) -> None:
+            with lock:
+                exact[0] = True
+                on_total(images)
+
+        def estimate() -> None:
+            r = self.request
+            count = count_candidates(
+                r.inp,
+                include=r.include,
+                exclude=r.exclude,
+                skip_dirs=[r.out],
+                include_hidden=r.include_hidden,
+            )
+            with lock:
+                if not exact[0]:
+                    on_total(count)
+
+        self._walked = walked
+        threading.Thread(target=estimate, name="svdharm-count", daemon=True).start()
 
 
 def _mask_warnings(reference: Reference | None, request: RunRequest) -> list[str]:

@@ -106,19 +106,8 @@ def walk(
     if inp.is_file():
         yield Folder([inp.name], [])
         return
-    skip = {os.path.realpath(p) for p in skip_dirs}
-    top = os.fspath(inp)
-    for dirpath, dirnames, filenames in os.walk(top):
-        dirnames[:] = sorted(
-            d
-            for d in dirnames
-            if (include_hidden or not d.startswith("."))
-            and os.path.realpath(os.path.join(dirpath, d)) not in skip
-        )
+    for dirpath, prefix, filenames in _folders(inp, skip_dirs, include_hidden):
         found, ignored, dicom = [], [], []
-        # Plain strings here: a tree of 10,000 files is walked in a few hundredths of a second.
-        below = os.path.relpath(dirpath, top)
-        prefix = "" if below == "." else below.replace(os.sep, "/") + "/"
         for name in sorted(filenames):
             rel = _candidate(prefix, name, include, exclude, include_hidden)
             if rel is None:
@@ -163,23 +152,31 @@ def count_candidates(
     out not to be images too, so it is an upper bound of the images."""
     if inp.is_file():
         return 1
+    return sum(
+        _candidate(prefix, name, include, exclude, include_hidden) is not None
+        for _, prefix, filenames in _folders(inp, skip_dirs, include_hidden)
+        for name in filenames
+    )
+
+
+def _folders(
+    inp: Path, skip_dirs: Sequence[Path], include_hidden: bool
+) -> Iterator[tuple[str, str, list[str]]]:
+    """``(folder, relative prefix, file names)`` of every folder the walks visit: hidden
+    folders (unless ``include_hidden``) and ``skip_dirs`` left out, subfolders by name,
+    links to folders not followed. Plain strings here: a tree of 10,000 files is walked in
+    a few hundredths of a second."""
     skip = {os.path.realpath(p) for p in skip_dirs}
     top = os.fspath(inp)
-    count = 0
     for dirpath, dirnames, filenames in os.walk(top):
-        dirnames[:] = [
+        dirnames[:] = sorted(
             d
             for d in dirnames
             if (include_hidden or not d.startswith("."))
             and os.path.realpath(os.path.join(dirpath, d)) not in skip
-        ]
-        below = os.path.relpath(dirpath, top)
-        prefix = "" if below == "." else below.replace(os.sep, "/") + "/"
-        count += sum(
-            _candidate(prefix, name, include, exclude, include_hidden) is not None
-            for name in filenames
         )
-    return count
+        below = os.path.relpath(dirpath, top)
+        yield dirpath, "" if below == "." else below.replace(os.sep, "/") + "/", filenames
 
 
 def discover(
