@@ -61,6 +61,19 @@ class Backend:
         """Small host values (a list, a NumPy array) as float64 on ``like``'s device."""
         return np.asarray(values, dtype=np.float64)
 
+    def asarray_like(self, values: Any, like: Array) -> Array:
+        """Small host values as an array of ``like``'s dtype, on its device."""
+        return np.asarray(values, dtype=like.dtype)
+
+    def copy(self, x: Array) -> Array:
+        """A new array with ``x``'s values (writable, its own memory)."""
+        return np.array(x)
+
+    def cast(self, x: Array, dtype: str) -> Array:
+        """``x`` as ``dtype`` (``"float32"``, ``"float64"``) on its device (no copy when it
+        already is)."""
+        return np.asarray(x, dtype=dtype)
+
     def numpy(self, x: Array) -> np.ndarray:
         """``x`` as a NumPy array on the host (small results: statistics, scalars)."""
         return np.asarray(x)
@@ -111,7 +124,7 @@ class Backend:
 
     def clip_(self, x: Array, low: float, high: float) -> Array:
         """Clip ``x`` in place."""
-        return np.clip(x, low, high, out=x)
+        return x.clip(low, high, out=x)
 
     def eigh_vectors(self, gram: Array) -> Array:
         """The eigenvectors of symmetric ``gram`` (``(w, w)`` or a stack ``(N, w, w)``),
@@ -169,6 +182,15 @@ class TorchBackend(Backend):
             return values.to(device=like.device, dtype=self.torch.float64)
         host = np.asarray(values, dtype=np.float64)
         return self.torch.as_tensor(host, device=like.device)
+
+    def asarray_like(self, values: Any, like: Array) -> Array:
+        return self.torch.as_tensor(np.asarray(values), dtype=like.dtype, device=like.device)
+
+    def copy(self, x: Array) -> Array:
+        return x.clone()
+
+    def cast(self, x: Array, dtype: str) -> Array:
+        return x.to(getattr(self.torch, dtype))
 
     def numpy(self, x: Array) -> np.ndarray:
         if isinstance(x, self.torch.Tensor):

@@ -7,6 +7,9 @@ TorchIO 2-D image ``(C, W, H, 1)`` is a volume of one slice). The work is the CL
 (:mod:`svdharm_cli.volume`): every slice decomposed in float64 on the input's device, the
 moments pooled over the slices and the mask, one map per component applied to every slice.
 
+- :class:`SVDDecompose`: the decomposition as data (:class:`~svdharm_cli.decomposition.
+  Decomposition`), computed once: every transform below accepts it wherever it accepts an
+  image and then costs one weighted sum, not a decomposition (see "Decompose once" below).
 - :class:`SVDHarmonize`: match each band to a reference (the JSON files ``fit-reference``
   writes, or :func:`fit_reference` on arrays); with ``coefficients`` the base is matched
   and the bands are scaled (the replay of :class:`RandSVDHarmonizeDeharmonize`).
@@ -29,6 +32,17 @@ repeat each other's draws and a run with a seeded ``torch`` generator reproduces
 TorchIO users get their framework's conventions from :mod:`svdharm_cli.transforms.monai`
 and :mod:`svdharm_cli.transforms.torchio`.
 
+Decompose once: an image's components and their pooled moments do not change between
+epochs, only the coefficients do (METHOD.md section 7b). ``SVDDecompose()(img)`` returns a
+:class:`~svdharm_cli.decomposition.Decomposition` (picklable, immutable, its size in
+``nbytes``: ``n`` times the float32 image, 4x with the paper's cuts); cache it (MONAI's
+``CacheDataset`` or ``PersistentDataset``, a ``Dataset`` that decomposes in ``__init__``) and
+give it to the transforms in place of the image. The result equals the result from the image
+within 1e-5 in normalized units (float32 storage; exactly from ``dtype="float64"``), with
+the same draws for the same seed, in the original input's type, dtype, device and shape. The
+decomposition fixes the fractions, the unit and the mask: a transform with other fractions or
+another unit refuses it, and the mask is given to :class:`SVDDecompose`, not to the transform.
+
 torch is imported only when a tensor is given: ``import svdharm_cli.transforms`` does not.
 """
 
@@ -43,15 +57,18 @@ from typing import Any
 
 import numpy as np
 
-from svdharm_cli.backend import Array, Backend, backend_of, compute_view, like
+from svdharm_cli.backend import Array, Backend, backend_of, compute_view, is_tensor, like
 from svdharm_cli.bands import DEFAULT_FRACTIONS, validate_fractions
+from svdharm_cli.decomposition import STORAGE_DTYPES, Decomposition, decompose_volume, freeze
 from svdharm_cli.methods import DEFAULT_HIGH, DEFAULT_LOW
 from svdharm_cli.reference import UNITS, Entry, Reference, describe_kind
 from svdharm_cli.volume import transform_volume, volume_moments
 
 __all__ = [
+    "Decomposition",
     "RandSVDDeharmonize",
     "RandSVDHarmonizeDeharmonize",
+    "SVDDecompose",
     "SVDDeharmonize",
     "SVDHarmonize",
     "fit_reference",
@@ -61,6 +78,9 @@ __all__ = [
 NORMALIZED_SLACK = 1e-6
 """How far outside [0, 1] a ``normalized`` input may stray (rounding of earlier steps)."""
 
+ImageLike = Any
+"""An array or tensor (see the module), or a :class:`~svdharm_cli.decomposition.Decomposition`
+of one made by :class:`SVDDecompose`."""
 ReferenceLike = Any
 """A :class:`~svdharm_cli.reference.Reference` or the path of a reference JSON file."""
 MaskLike = Any
@@ -137,6 +157,10 @@ class _Layout:
     @property
     def channels(self) -> int:
         return int(self.volume.shape[1])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.original.shape)
 
     @property
     def slices(self) -> list[Array]:
@@ -226,6 +250,43 @@ def _host(values: Any) -> Any:
     return backend_of(values).numpy(values) if hasattr(values, "shape") else values
 
 
+def _apply_decomposed(
+    d: Decomposition,
+    *,
+    fractions: Sequence[float],
+    entry: Entry | None,
+    coefficients: np.ndarray | None,
+    unit: str,
+) -> Array:
+    """A method applied to a kept decomposition: one weighted sum (METHOD.md section 7b)."""
+    _one_blas_thread_in_workers()
+    scales, offsets = d.affine(
+        reference=None if entry is None else (entry.mean, entry.std), coefficients=coefficients
+    )
+    return d.give_back(d.combine(scales, offsets), clip=unit == "normalized")
+
+
+def _check_decomposed(
+    d: Decomposition, fractions: Sequence[float], unit: str, mask: MaskLike, owner: object
+) -> None:
+    """Refuse a decomposition made with other cuts or another unit, or given a mask."""
+    name = type(owner).__name__
+    if tuple(d.fractions) != tuple(fractions):
+        raise ValueError(
+            f"the decomposition was made with fractions {d.fractions}, but {name} uses "
+            f"{tuple(fractions)}: decompose with SVDDecompose(fractions={tuple(fractions)})"
+        )
+    if d.unit != unit:
+        raise ValueError(
+            f"the decomposition was made with unit {d.unit!r}, but {name} has unit {unit!r}"
+        )
+    if mask is not None:
+        raise ValueError(
+            f"{name} was given a mask with a decomposition: the statistics of a decomposition "
+            "are fixed when it is made, so give the mask to SVDDecompose instead"
+        )
+
+
 def _apply(
     layout: _Layout,
     *,
@@ -244,6 +305,101 @@ def _apply(
         masks=layout.masks(mask),
     )[0]
     return layout.assemble(out, unit)
+
+
+class SVDDecompose:
+    """The decomposition of an image or volume, as data (METHOD.md section 7b).
+
+    A deterministic transform: an array or tensor in, a
+    :class:`~svdharm_cli.decomposition.Decomposition` out, which every transform of this
+    module accepts in place of the image (see the module). Slices are decomposed in float64
+    on the input's device, as the transforms do, and their moments pooled over the volume
+    and the mask; the components are then kept in ``dtype``.
+
+    Parameters
+    ----------
+    fractions
+        The band cuts: a reference's (``reference.fractions``) for the harmonizing
+        transforms; the paper's by default.
+    unit
+        The input's unit (``"normalized"``, ``"HU"`` or ``"raw"``), as for the transforms.
+    mask
+        None, ``"auto"`` or a boolean array: the statistics are taken over it and the pixels
+        outside it come back unchanged from every transform. A ``mask`` given to the call
+        replaces it for that call.
+    slice_axis
+        The slice axis of a volume (``-1``: the last).
+    dtype
+        ``"float32"`` (the default: ``n`` times the float32 image, results within 1e-5 of the
+        image's) or ``"float64"`` (twice that, results equal to the image's).
+    """
+
+    def __init__(
+        self,
+        *,
+        fractions: Sequence[float] = DEFAULT_FRACTIONS,
+        unit: str = "normalized",
+        mask: MaskLike = None,
+        slice_axis: int = -1,
+        dtype: str = "float32",
+    ) -> None:
+        self.fractions = validate_fractions(fractions)
+        self.unit = _check_unit(unit)
+        self.mask = mask
+        self.slice_axis = slice_axis
+        _spatial_axis(slice_axis)
+        if dtype not in STORAGE_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(STORAGE_DTYPES)}, not {dtype!r}")
+        self.dtype = dtype
+
+    def __call__(self, img: Array, mask: MaskLike = None) -> Decomposition:
+        if isinstance(img, Decomposition):
+            raise TypeError("the input is already a Decomposition")
+        layout = _Layout.of(img, self.slice_axis)
+        _check_range(layout, self.unit)
+        masks = layout.masks(self.mask if mask is None else mask)
+        stacked, moments = decompose_volume(layout.slices, self.fractions, masks, self.dtype)
+        xp = backend_of(stacked)
+        axis = layout.slice_axis
+        # (S, C, n, h, w) -> (C, n, *spatial), the input's own layout.
+        components = stacked[0] if axis is None else xp.moveaxis(stacked, 0, axis + 1)
+        return Decomposition(
+            components=freeze(xp.contiguous(components)),
+            moments=moments,
+            fractions=self.fractions,
+            unit=self.unit,
+            mask=None if masks is None else _spatial_mask(masks, axis, stacked),
+            slice_axis=axis,
+            template=_template(img),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(fractions={self.fractions}, unit={self.unit!r}, "
+            f"dtype={self.dtype!r})"
+        )
+
+
+def _spatial_mask(masks: Sequence[Any], axis: int | None, like_: Array) -> Array | None:
+    """Per-slice masks as one boolean mask of the input's spatial shape (None: every pixel)."""
+    xp = backend_of(like_)
+    planes = [
+        xp.as_bool(np.ones(like_.shape[-2:], bool) if m is None else compute_view(m), like_)
+        for m in masks
+    ]
+    whole = planes[0] if axis is None else xp.moveaxis(xp.stack(planes), 0, axis - 1)
+    if bool(whole.all()):
+        return None
+    return freeze(xp.contiguous(whole))
+
+
+def _template(img: Array) -> Array:
+    """An empty array of ``img``'s type, dtype and device."""
+    if is_tensor(img):
+        import torch
+
+        return torch.empty(0, dtype=img.dtype, device=img.device)
+    return np.empty(0, dtype=np.asarray(img).dtype)
 
 
 class SVDHarmonize:
@@ -283,20 +439,41 @@ class SVDHarmonize:
         _spatial_axis(slice_axis)
         self.coefficients = None if coefficients is None else np.asarray(_host(coefficients))
 
-    def entry(self, layout: _Layout) -> Entry:
+    def entry(self, layout: _Layout | Decomposition) -> Entry:
         """The reference's entry for the input's unit and channel count."""
         found = self.reference.entry(self.unit, layout.channels)
         if found is None:
+            what = f"{describe_kind(self.unit, layout.channels)}, shape {tuple(layout.shape)}"
             raise ValueError(
-                f"the input is {layout.describe(self.unit)}, but the reference has statistics "
+                f"the input is {what}, but the reference has statistics "
                 f"only for {self.reference.kinds()}"
             )
         return found
 
-    def __call__(self, img: Array, mask: MaskLike = None) -> Array:
+    def check(self, d: Decomposition, mask: MaskLike) -> None:
+        """Refuse a decomposition this transform cannot use (see the module)."""
+        _check_decomposed(
+            d, self.reference.fractions, self.unit, self.mask if mask is None else mask, self
+        )
+
+    def __call__(self, img: ImageLike, mask: MaskLike = None) -> Array:
+        n = self.reference.n_components
+        if isinstance(img, Decomposition):
+            self.check(img, mask)
+            entry = self.entry(img)
+            rows = None
+            if self.coefficients is not None:
+                rows = _coefficient_rows(self.coefficients, entry.channels, n)
+                rows[:, 0] = 1.0
+            return _apply_decomposed(
+                img,
+                fractions=self.reference.fractions,
+                entry=entry,
+                coefficients=rows,
+                unit=self.unit,
+            )
         layout = _Layout.of(img, self.slice_axis)
         entry = self.entry(layout)
-        n = self.reference.n_components
         rows = None
         if self.coefficients is not None:
             rows = _coefficient_rows(self.coefficients, entry.channels, n)
@@ -346,9 +523,18 @@ class SVDDeharmonize:
         self.slice_axis = slice_axis
         _spatial_axis(slice_axis)
 
-    def __call__(self, img: Array, mask: MaskLike = None) -> Array:
+    def __call__(self, img: ImageLike, mask: MaskLike = None) -> Array:
+        n = len(self.fractions) + 1
+        if isinstance(img, Decomposition):
+            _check_decomposed(
+                img, self.fractions, self.unit, self.mask if mask is None else mask, self
+            )
+            rows = _coefficient_rows(self.coefficients, img.channels, n)
+            return _apply_decomposed(
+                img, fractions=self.fractions, entry=None, coefficients=rows, unit=self.unit
+            )
         layout = _Layout.of(img, self.slice_axis)
-        rows = _coefficient_rows(self.coefficients, layout.channels, len(self.fractions) + 1)
+        rows = _coefficient_rows(self.coefficients, layout.channels, n)
         return _apply(
             layout,
             fractions=self.fractions,
@@ -406,7 +592,7 @@ class _Random:
         if self.per_channel:
             drawn = rng.uniform(self.low, self.high, size=(channels, n))
         else:
-            drawn = np.tile(rng.uniform(self.low, self.high, size=n), (channels, 1))
+            drawn = rng.uniform(self.low, self.high, size=n)[None].repeat(channels, axis=0)
         self.last_coefficients = drawn if apply else None
         return self.last_coefficients
 
@@ -437,9 +623,20 @@ class RandSVDDeharmonize(_Random):
         self.slice_axis = slice_axis
         _spatial_axis(slice_axis)
 
-    def __call__(self, img: Array, mask: MaskLike = None) -> Array:
+    def __call__(self, img: ImageLike, mask: MaskLike = None) -> Array:
+        n = len(self.fractions) + 1
+        if isinstance(img, Decomposition):
+            _check_decomposed(
+                img, self.fractions, self.unit, self.mask if mask is None else mask, self
+            )
+            coefficients = self.randomize(img.channels, n)
+            if coefficients is None:
+                return img.input()
+            return _apply_decomposed(
+                img, fractions=self.fractions, entry=None, coefficients=coefficients, unit=self.unit
+            )
         layout = _Layout.of(img, self.slice_axis)
-        coefficients = self.randomize(layout.channels, len(self.fractions) + 1)
+        coefficients = self.randomize(layout.channels, n)
         if coefficients is None:
             return img
         return _apply(
@@ -494,10 +691,23 @@ class RandSVDHarmonizeDeharmonize(_Random):
     def reference(self) -> Reference:
         return self.harmonize.reference
 
-    def __call__(self, img: Array, mask: MaskLike = None) -> Array:
+    def __call__(self, img: ImageLike, mask: MaskLike = None) -> Array:
+        n = self.reference.n_components
+        if isinstance(img, Decomposition):
+            self.harmonize.check(img, mask)
+            entry = self.harmonize.entry(img)
+            rows = self.randomize(entry.channels, n)
+            if rows is not None:
+                rows[:, 0] = 1.0
+            return _apply_decomposed(
+                img,
+                fractions=self.reference.fractions,
+                entry=entry,
+                coefficients=rows,
+                unit=self.harmonize.unit,
+            )
         layout = _Layout.of(img, self.harmonize.slice_axis)
         entry = self.harmonize.entry(layout)
-        n = self.reference.n_components
         rows = self.randomize(entry.channels, n)
         if rows is not None:
             rows[:, 0] = 1.0  # the base is matched; its coefficient is not used

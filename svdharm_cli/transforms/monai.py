@@ -16,6 +16,23 @@ the last axis unless ``slice_axis`` says otherwise), in the stated ``unit`` (nor
 device are the input's. The computation is :mod:`svdharm_cli.transforms`' (float64).
 A random transform that is not applied (``prob``) returns its input as a tensor, as MONAI's
 own random intensity transforms do; :class:`RandSVDHarmonizeDeharmonize` still harmonizes it.
+
+Decompose once (METHOD.md section 7b): :class:`SVDDecompose` and its dictionary version
+:class:`SVDDecomposed` are deterministic, so ``CacheDataset``, ``PersistentDataset`` and
+``LMDBDataset`` cache their output, a
+:class:`~svdharm_cli.decomposition.Decomposition` that carries the ``MetaTensor``'s meta.
+Every transform here accepts it in place of the image and returns a ``MetaTensor`` with
+that meta, at the cost of one weighted sum instead of a decomposition (``PersistentDataset``
+reads it back with ``weights_only``: importing this module registers it as safe)::
+
+    CacheDataset(items, Compose([LoadImaged("img"), EnsureChannelFirstd("img"),
+                                 ScaleIntensityd("img"), SVDDecomposed("img"),
+                                 RandSVDDeharmonized("img")]))
+
+The decomposition fixes the mask (``mask``/``mask_key`` of :class:`SVDDecomposed`); nothing
+between it and the SVD transforms may change the image (put spatial augmentations after).
+A decomposition is immutable and a deep copy of it is itself, so ``CacheDataset``'s
+``copy_cache`` costs nothing for it.
 """
 
 from __future__ import annotations
@@ -32,6 +49,7 @@ from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tenso
 
 from svdharm_cli import transforms as core
 from svdharm_cli.bands import DEFAULT_FRACTIONS, validate_fractions
+from svdharm_cli.decomposition import Decomposition, allow_torch_load
 from svdharm_cli.methods import DEFAULT_HIGH, DEFAULT_LOW
 
 __all__ = [
@@ -39,22 +57,49 @@ __all__ = [
     "RandSVDDeharmonized",
     "RandSVDHarmonizeDeharmonize",
     "RandSVDHarmonizeDeharmonized",
+    "SVDDecompose",
+    "SVDDecomposed",
     "SVDHarmonize",
     "SVDHarmonized",
 ]
 
 _BACKEND = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
+allow_torch_load()  # PersistentDataset and LMDBDataset load their cache with weights_only
+
 
 def _run(fn: Any, img: Any, mask: Any = None) -> Any:
     """``fn`` on the plain array or tensor of ``img``, the result in ``img``'s type (a
-    MetaTensor keeps its meta)."""
+    MetaTensor keeps its meta; a decomposition of a MetaTensor gives one back)."""
+    if isinstance(img, Decomposition):
+        return _rebuild(fn(img, mask=mask), img)
     data = img.as_tensor() if isinstance(img, MetaTensor) else img
     out = fn(data, mask=mask)
     if isinstance(img, MetaTensor):
         result, *_ = convert_to_dst_type(out, dst=img)
         return result
     return out
+
+
+def _rebuild(out: Any, d: Decomposition) -> Any:
+    """A result computed from ``d`` as the ``MetaTensor`` it was decomposed from."""
+    template = d.template
+    if not isinstance(template, MetaTensor):
+        return out
+    if not get_track_meta():
+        return convert_to_tensor(out, track_meta=False)
+    return MetaTensor(
+        out,
+        meta=dict(template.meta),
+        applied_operations=list(template.applied_operations),
+    )
+
+
+def _as_is(img: Any) -> Any:
+    """An input not drawn (``prob``), as MONAI's random transforms return it: a tensor."""
+    if isinstance(img, Decomposition):
+        return _rebuild(img.input(), img)
+    return convert_to_tensor(img, track_meta=get_track_meta())
 
 
 def _channels(img: Any) -> int:
@@ -64,6 +109,71 @@ def _channels(img: Any) -> int:
             f"{tuple(img.shape)}; add EnsureChannelFirst before this transform"
         )
     return int(img.shape[0])
+
+
+class SVDDecompose(Transform):
+    """The decomposition of the input as data (deterministic: cached by MONAI's datasets);
+    see :class:`svdharm_cli.transforms.SVDDecompose` for the parameters. A ``MetaTensor``'s
+    meta and applied operations travel with the decomposition and come back on every
+    result computed from it."""
+
+    backend = _BACKEND
+
+    def __init__(
+        self,
+        *,
+        fractions: Sequence[float] = DEFAULT_FRACTIONS,
+        unit: str = "normalized",
+        mask: core.MaskLike = None,
+        slice_axis: int = -1,
+        dtype: str = "float32",
+    ) -> None:
+        self.transform = core.SVDDecompose(
+            fractions=fractions, unit=unit, mask=mask, slice_axis=slice_axis, dtype=dtype
+        )
+
+    def __call__(self, img: Any, mask: core.MaskLike = None) -> Decomposition:
+        if isinstance(img, MetaTensor):
+            d = self.transform(img.as_tensor(), mask=mask)
+            template = MetaTensor(
+                d.template,
+                meta=dict(img.meta),
+                applied_operations=list(img.applied_operations),
+            )
+            return d.with_template(template)
+        return self.transform(img, mask=mask)
+
+
+class SVDDecomposed(MapTransform):
+    """Dictionary version of :class:`SVDDecompose`: each of ``keys`` replaced by its
+    decomposition; ``mask_key`` names an item holding each sample's mask."""
+
+    backend = _BACKEND
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        *,
+        fractions: Sequence[float] = DEFAULT_FRACTIONS,
+        unit: str = "normalized",
+        mask: core.MaskLike = None,
+        mask_key: Hashable | None = None,
+        slice_axis: int = -1,
+        dtype: str = "float32",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.decompose = SVDDecompose(
+            fractions=fractions, unit=unit, mask=mask, slice_axis=slice_axis, dtype=dtype
+        )
+        self.mask_key = mask_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        mask = _mask_of(d, self.mask_key)
+        for key in self.key_iterator(d):
+            d[key] = self.decompose(d[key], mask)
+        return d
 
 
 class SVDHarmonize(Transform):
@@ -145,7 +255,7 @@ class RandSVDDeharmonize(_Draw):
         if randomize:
             self.randomize(img)
         if self.coefficients is None:
-            return convert_to_tensor(img, track_meta=get_track_meta())
+            return _as_is(img)
         fn = core.SVDDeharmonize(
             self.coefficients,
             fractions=self.fractions,
@@ -221,7 +331,7 @@ class SVDHarmonized(MapTransform):
         d = dict(data)
         mask = _mask_of(d, self.mask_key)
         for key in self.key_iterator(d):
-            d[key] = self.harmonizer(d[key], mask)
+            d[key] = self.harmonizer(d[key], _mask_for(d[key], mask, self.mask_key))
         return d
 
 
@@ -344,7 +454,7 @@ def _shared_draw(
         array.coefficients = None
     if array.coefficients is None and not harmonize_always:
         for key in outer.key_iterator(d):
-            d[key] = convert_to_tensor(d[key], track_meta=get_track_meta())
+            d[key] = _as_is(d[key])
         return d
     channels = _channels(d[first])
     for key in outer.key_iterator(d):
@@ -353,5 +463,18 @@ def _shared_draw(
                 f"key {key!r} has {_channels(d[key])} channels but {first!r} has {channels}: "
                 "one draw is shared by the keys of a sample"
             )
-        d[key] = array(d[key], mask, randomize=False)
+        d[key] = array(d[key], _mask_for(d[key], mask, outer.mask_key), randomize=False)
     return d
+
+
+def _mask_for(item: Any, mask: Any, key: Hashable | None) -> Any:
+    """The mask to pass with ``item``: none for a decomposition, which carries the mask it
+    was made with (refused when it has none but ``mask_key`` names one)."""
+    if not isinstance(item, Decomposition):
+        return mask
+    if mask is not None and item.mask is None:
+        raise ValueError(
+            f"mask_key {key!r} names a mask, but the decomposition was made without one: "
+            "give mask_key to SVDDecomposed"
+        )
+    return None

@@ -15,10 +15,29 @@ TorchIO's (the name of a label map in the subject, a callable, bounds, an anatom
 or ``"auto"`` (the CLI's automatic foreground estimate): statistics over the mask, values
 outside it unchanged. Values are in ``unit`` (see :mod:`svdharm_cli.transforms`; MR from a
 NIfTI file is usually ``"raw"``, CT ``"HU"``); the data keep their dtype.
+
+Decompose once (METHOD.md section 7b): :class:`SVDDecompose` stores the decomposition of each
+intensity image in the subject, under the key :data:`DECOMPOSITIONS` (a dict by image name),
+and every transform here then computes from it (one weighted sum) instead of decomposing
+the image again. TorchIO has no cached dataset, so decompose the subjects once, before the
+``SubjectsDataset``::
+
+    decompose = SVDDecompose(unit="raw")
+    subjects = [decompose(s) for s in subjects]   # once: the expensive step
+    dataset = tio.SubjectsDataset(subjects, transform=RandomSVDDeharmonize(unit="raw"))
+
+The dataset's deep copy of each subject shares the decompositions (they are immutable). A
+random transform removes :data:`DECOMPOSITIONS` from the subject it returns, so that the
+loader does not carry it to the main process; its recorded twin (the history) computes
+from the image. A decomposition is used only while the image still holds the values it
+was made from (a sampled check); an image changed in between (a flip, a crop, an intensity
+transform) is refused with a message: put such transforms after the SVD ones. The mask is
+fixed by :class:`SVDDecompose`'s ``masking_method``.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,14 +47,23 @@ from torchio.transforms.intensity_transform import IntensityTransform
 
 from svdharm_cli import transforms as core
 from svdharm_cli.bands import DEFAULT_FRACTIONS, validate_fractions
+from svdharm_cli.decomposition import Decomposition, allow_torch_load
 from svdharm_cli.methods import DEFAULT_HIGH, DEFAULT_LOW
 
 __all__ = [
+    "DECOMPOSITIONS",
     "RandomSVDDeharmonize",
     "RandomSVDHarmonizeDeharmonize",
+    "SVDDecompose",
     "SVDDeharmonize",
     "SVDHarmonize",
 ]
+
+allow_torch_load()  # subjects saved with torch.save load back with weights_only
+
+DECOMPOSITIONS = "svd_decompositions"
+"""The subject's key under which :class:`SVDDecompose` keeps a dict of decompositions by
+image name."""
 
 
 class _Masked(IntensityTransform):
@@ -55,10 +83,79 @@ class _Masked(IntensityTransform):
         return mask[0] if mask.ndim == 4 else mask
 
     def _each(self, subject: tio.Subject, make: Any) -> tio.Subject:
+        kept = _kept(subject)
         for name, image in self.get_images_dict(subject).items():
             fn = make(name)
-            image.set_data(fn(image.data, mask=self._mask(subject, image)))
+            d = kept.get(name)
+            if d is None:
+                image.set_data(fn(image.data, mask=self._mask(subject, image)))
+                continue
+            if not d.describes(image.data):
+                raise ValueError(
+                    f"image {name!r} changed after SVDDecompose (its values or shape differ "
+                    "from those decomposed): put spatial and intensity transforms after the "
+                    "SVD transforms, or decompose again"
+                )
+            if self.masking_method is not None and d.mask is None:
+                raise ValueError(
+                    f"{self.name} has a masking_method, but image {name!r} was decomposed "
+                    "without a mask: give masking_method to SVDDecompose"
+                )
+            image.set_data(fn(d))
         return subject
+
+
+def _kept(subject: tio.Subject) -> dict[str, Decomposition]:
+    """The decompositions :class:`SVDDecompose` kept in ``subject``, by image name."""
+    kept: Any = dict.get(subject, DECOMPOSITIONS)
+    return kept or {}
+
+
+class SVDDecompose(_Masked):
+    """Keep the decomposition of each intensity image in the subject (see the module);
+    the images themselves are not changed. ``fractions``, ``unit``, ``masking_method``,
+    ``slice_axis`` and ``dtype`` are those of :class:`svdharm_cli.transforms.SVDDecompose`
+    (``masking_method`` TorchIO's, or ``"auto"``)."""
+
+    def __init__(
+        self,
+        *,
+        fractions: Sequence[float] = DEFAULT_FRACTIONS,
+        unit: str = "normalized",
+        masking_method: Any = None,
+        slice_axis: int = -1,
+        dtype: str = "float32",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.fractions = validate_fractions(fractions)
+        self.unit = unit
+        self.masking_method = masking_method
+        self.slice_axis = slice_axis
+        self.dtype = dtype
+        self.decompose = core.SVDDecompose(
+            fractions=fractions, unit=unit, slice_axis=slice_axis, dtype=dtype
+        )
+        self.args_names = ["fractions", "unit", "masking_method", "slice_axis", "dtype"]
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        kept = dict(_kept(subject))
+        for name, image in self.get_images_dict(subject).items():
+            kept[name] = self.decompose(image.data, mask=self._mask(subject, image))
+        subject[DECOMPOSITIONS] = kept
+        return subject
+
+
+class _Consumes:
+    """A random transform that drops :data:`DECOMPOSITIONS` from the subject it returns."""
+
+    def __call__(self, data: Any) -> Any:
+        out = super().__call__(data)  # type: ignore[misc]
+        if isinstance(out, tio.Subject) and DECOMPOSITIONS in out:
+            if out is data:  # not drawn (p): the caller's subject is left as it was
+                out = copy.copy(out)
+            del out[DECOMPOSITIONS]
+        return out
 
 
 class SVDHarmonize(_Masked):
@@ -146,7 +243,7 @@ def _channels(subject: tio.Subject, transform: IntensityTransform) -> int | None
     return None if not images else int(images[0].data.shape[0])
 
 
-class RandomSVDDeharmonize(RandomTransform, IntensityTransform):
+class RandomSVDDeharmonize(_Consumes, RandomTransform, IntensityTransform):
     """De-harmonization as an augmentation: ``Uniform[low, high]`` coefficients drawn once
     per subject, applied by :class:`SVDDeharmonize` (which the history records)."""
 
@@ -191,7 +288,7 @@ class RandomSVDDeharmonize(RandomTransform, IntensityTransform):
         return result
 
 
-class RandomSVDHarmonizeDeharmonize(RandomTransform, IntensityTransform):
+class RandomSVDHarmonizeDeharmonize(_Consumes, RandomTransform, IntensityTransform):
     """The paper's best method as an augmentation: the base matched to the reference, the
     bands scaled by coefficients drawn once per subject, applied by :class:`SVDHarmonize`
     with ``coefficients`` (which the history records). With ``p`` below 1 a subject not
