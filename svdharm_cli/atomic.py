@@ -8,6 +8,7 @@ half-written file at the final name, and a failure leaves no temporary behind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import os
 from collections.abc import Iterator, Sequence
@@ -20,10 +21,23 @@ _COUNTER = itertools.count()
 _MADE: set[Path] = set()
 
 
+NAME_MAX = 255
+"""The longest file name, in bytes, on the file systems svdharm writes to (ext4, XFS, APFS,
+NTFS; ZFS and Btrfs alike)."""
+
+
 def temp_name(final: Path) -> Path:
     """A hidden sibling of ``final``, unique by process and a per-process count (hidden
-    files are skipped when walking inputs)."""
-    return final.with_name(f".{final.name}.{os.getpid()}-{next(_COUNTER)}{TEMP_MARKER}")
+    files are skipped when walking inputs). When the final name leaves no room for that
+    decoration (a name of 230 bytes and more), the temporary takes a short digest of it
+    instead: a temporary never needs a longer name than the longest name the folder
+    allows."""
+    tail = f".{os.getpid()}-{next(_COUNTER)}{TEMP_MARKER}"
+    name = f".{final.name}{tail}"
+    if len(os.fsencode(name)) > NAME_MAX:
+        digest = hashlib.sha256(os.fsencode(final.name)).hexdigest()[:16]
+        name = f".{digest}{tail}"
+    return final.with_name(name)
 
 
 def forget_folders() -> None:

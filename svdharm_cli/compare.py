@@ -48,7 +48,7 @@ from svdharm_cli.methods import Moments, decompose_channels, pool, slice_moments
 from svdharm_cli.plan import Unit, discover, plan_units
 from svdharm_cli.reference import describe_kind
 from svdharm_cli.units import read_unit, unit_masks
-from svdharm_cli.worker import OK, SKIPPED, FileResult, on_device, outcome_of
+from svdharm_cli.worker import OK, SKIPPED, FileResult, on_device, outcome_of, walk_results
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 PIXEL_SAMPLE = 20_000
@@ -158,8 +158,10 @@ def compare(
     names = group_names(folders)
     here = executor.worker_path
     items: list[Grouped] = []
+    walk_problems: list[FileResult] = []
     for k, folder in enumerate(folders):
         found = discover(folder)
+        walk_problems.extend(walk_results(found.root, found.unlisted, found.notes))
         root = here(found.root)
         masks = None if mask_dir is None else here(mask_dir / names[k])
         for work in plan_units(root, found.images, found.dicom):
@@ -169,7 +171,7 @@ def compare(
     )
     task = SampleUnits(tuple(fractions), mask, max_pixels, slice_axis, seed, executor.device)
     ordered: list[Sampled] = gather(executor, task, items, on_result)
-    problems = [r for o in ordered for r in o.results if r.status != OK]
+    problems = walk_problems + [r for o in ordered for r in o.results if r.status != OK]
     samples = [o.sample for o in ordered if o.sample is not None]
     if not samples:
         raise UsageError("no image in the groups could be read")

@@ -23,8 +23,18 @@ MAX_LISTED = 20
 
 
 def safe(text: str) -> str:
-    """Printable form of a message: file names that are not UTF-8 shown with escapes."""
-    return escape(text.encode("utf-8", "backslashreplace").decode("utf-8"))
+    """Printable form of a message: file names that are not UTF-8 shown with escapes, and
+    control characters (a newline, a tab, the escape of a terminal code) as Python writes
+    them in a string (``\\n``, ``\\x1b``), so that a file named ``a\\nfailed: b.png``
+    cannot print a line of its own or drive the terminal (as ``ls -b`` shows them)."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else _escaped(c) for c in text)
+    return escape(text)
+
+
+def _escaped(char: str) -> str:
+    return char.encode("unicode_escape").decode("ascii")
 
 
 def stdout() -> Console:

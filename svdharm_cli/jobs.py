@@ -48,6 +48,7 @@ from svdharm_cli.worker import (
     FileResult,
     JobConfig,
     device_check,
+    walk_results,
 )
 
 
@@ -135,17 +136,24 @@ def fit_reference(
     executor = executor or LocalPool(1)
     items: list[Rooted] = []
     ignored = 0
+    walk_problems: list[FileResult] = []
     for p in paths:
         if not p.exists():
             raise UsageError(f"reference input {p} does not exist")
         found = discover(p, include=include, exclude=exclude)
         ignored += len(found.ignored)
+        walk_problems.extend(walk_results(found.root, found.unlisted, found.notes))
         root = executor.worker_path(found.root)
         units = plan_units(root, found.images, found.dicom)
         first = len(items)  # items are numbered over all inputs, in input order
         items.extend(Rooted(first + i, root, u, found.root) for i, u in enumerate(units))
+    for result in walk_problems:
+        on_result(result)
     if not items:
-        raise UsageError("no PNG, JPEG, TIFF, NIfTI or DICOM images found in the reference inputs")
+        raise UsageError(
+            "no PNG, JPEG, TIFF, NIfTI or DICOM images found in the reference inputs",
+            hint=walk_problems[0].reason if walk_problems else None,
+        )
     if mask_dir is not None:
         mask_dir = executor.worker_path(mask_dir)
     readable = {item.root for item in items} | ({mask_dir} if mask_dir is not None else set())
@@ -154,7 +162,7 @@ def fit_reference(
         tuple(fractions), max_pixels, per_slice, slice_axis, mask, mask_dir, executor.device
     )
     outcomes: list[Measured] = gather(executor, task, items, on_result)
-    problems = [r for m in outcomes for r in m.results if r.status != OK]
+    problems = walk_problems + [r for m in outcomes for r in m.results if r.status != OK]
     stats = [s for m in outcomes for s in m.statistics]
     sources = [s for m in outcomes for s in m.sources]
     if not stats:
@@ -312,6 +320,10 @@ def run(
             warnings.extend(executor.warnings)
             if outcome.interrupted is not None:
                 walked.finish()  # count what was not walked yet: the counts stay exact
+            for result in walk_results(root, walked.unlisted, ()):
+                spill.add(result)
+                on_result(result)
+            warnings.extend(walked.notes)
             tally = spill.tally(previous_failures)
             retried = None if previous_failures is None else tally.retried
             seconds = time.perf_counter() - clock
@@ -384,7 +396,10 @@ class Walked:
         self.request = request
         self.root = root
         self.images = 0
+        """Inputs: the images, and each folder that could not be listed (a failure)."""
         self.ignored: list[str] = []
+        self.unlisted: list[tuple[str, str]] = []
+        self.notes: list[str] = []
         self.volumes: list[dict[str, Any]] = []
         self._walked: Callable[[int], None] = lambda images: None
         self._folders = walk(
@@ -396,8 +411,10 @@ class Walked:
         )
 
     def _take(self, folder: Folder) -> None:
-        self.images += len(folder.images)
+        self.images += len(folder.images) + len(folder.unlisted)
         self.ignored.extend(folder.ignored)
+        self.unlisted.extend(folder.unlisted)
+        self.notes.extend(folder.notes)
 
     def units(self) -> Iterator[Unit]:
         single = self.request.inp.is_file()

@@ -16,8 +16,9 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import stat
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,23 +67,44 @@ def check_roots(inp: Path, out: Path) -> None:
 @dataclass(frozen=True)
 class Found:
     """What a walk found: the root, the images (relative POSIX paths, sorted), the files
-    no format takes (ignored; named in the run log and counted in the summary), and which
-    images are DICOM (None when not walked: a single file given directly)."""
+    no format takes (ignored; named in the run log and counted in the summary), which
+    images are DICOM (None when not walked: a single file given directly), the folders
+    that could not be listed (``(relative path/, reason)``: failures) and what was left out
+    for what it is (notes: FIFOs, sockets, devices, another run's output folder)."""
 
     root: Path
     images: list[str]
     ignored: list[str]
     dicom: frozenset[str] | None = None
+    unlisted: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class Folder:
     """What one folder of a walk holds: its images and ignored files (relative POSIX paths,
-    sorted) and which images are DICOM (None when not sniffed: a single file given)."""
+    sorted), which images are DICOM (None when not sniffed: a single file given), and, as
+    in :class:`Found`, the folders that could not be listed and the notes."""
 
     images: list[str]
     ignored: list[str]
     dicom: frozenset[str] | None = None
+    unlisted: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One folder as the walk lists it: its regular files (and links to them), what is
+    there but is no regular file, and why it could not be listed (None when it could)."""
+
+    path: str
+    prefix: str
+    files: list[str]
+    special: list[tuple[str, str]] = field(default_factory=list)
+    problem: str | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """Subfolders left out, with why: another svdharm run's output folder."""
 
 
 def walk(
@@ -102,13 +124,27 @@ def walk(
     extension or first bytes) are ignored; globs are matched against the relative path
     (``*`` also matches ``/``), and a file is taken when it matches some ``include`` (or
     none are given) and no ``exclude``.
+
+    Only regular files (and links to them) are opened: a FIFO, a socket or a device is left
+    out with a note (opening a FIFO to sniff it would wait for a writer forever), as is a
+    subfolder that holds another svdharm run's output (its lock or run logs: a nightly
+    ``harmonize in in/harmonized`` must not feed tomorrow's ``augment in ...``). A folder
+    that cannot be listed is reported in ``unlisted`` (a failure, never silence).
     """
     if inp.is_file():
         yield Folder([inp.name], [])
         return
-    for dirpath, prefix, filenames in _folders(inp, skip_dirs, include_hidden):
+    for listing in _folders(inp, skip_dirs, include_hidden):
+        dirpath, prefix = listing.path, listing.prefix
         found, ignored, dicom = [], [], []
-        for name in sorted(filenames):
+        notes = [
+            _note(prefix + name, what)
+            for name, what in listing.special
+            if _candidate(prefix, name, include, exclude, include_hidden) is not None
+        ]
+        notes += [_note(prefix + name + "/", why) for name, why in listing.skipped]
+        unlisted = [] if listing.problem is None else [(prefix or "./", listing.problem)]
+        for name in sorted(listing.files):
             rel = _candidate(prefix, name, include, exclude, include_hidden)
             if rel is None:
                 continue
@@ -119,8 +155,12 @@ def walk(
             found.append(rel)
             if handler.name == "dicom":
                 dicom.append(rel)
-        if found or ignored:
-            yield Folder(found, ignored, frozenset(dicom))
+        if found or ignored or notes or unlisted:
+            yield Folder(found, ignored, frozenset(dicom), unlisted, notes)
+
+
+def _note(rel: str, what: str) -> str:
+    return f"{rel}: {what}; left out"
 
 
 def _candidate(
@@ -153,30 +193,100 @@ def count_candidates(
     if inp.is_file():
         return 1
     return sum(
-        _candidate(prefix, name, include, exclude, include_hidden) is not None
-        for _, prefix, filenames in _folders(inp, skip_dirs, include_hidden)
-        for name in filenames
+        _candidate(listing.prefix, name, include, exclude, include_hidden) is not None
+        for listing in _folders(inp, skip_dirs, include_hidden)
+        for name in listing.files
     )
 
 
-def _folders(
-    inp: Path, skip_dirs: Sequence[Path], include_hidden: bool
-) -> Iterator[tuple[str, str, list[str]]]:
-    """``(folder, relative prefix, file names)`` of every folder the walks visit: hidden
-    folders (unless ``include_hidden``) and ``skip_dirs`` left out, subfolders by name,
-    links to folders not followed. Plain strings here: a tree of 10,000 files is walked in
-    a few hundredths of a second."""
+RUN_LOG_PREFIXES = ("svdharm-harmonize-", "svdharm-augment-")
+"""How the run logs of harmonize and augment are named in their OUT (:mod:`runlog`)."""
+
+
+def holds_a_run(names: Collection[str]) -> bool:
+    """Whether a folder with these entries is another svdharm run's output folder."""
+    return LOCK_NAME in names or any(
+        n.startswith(RUN_LOG_PREFIXES) and n.endswith(".json") for n in names
+    )
+
+
+def _folders(inp: Path, skip_dirs: Sequence[Path], include_hidden: bool) -> Iterator[Listing]:
+    """Every folder the walks visit, depth first, subfolders by name: hidden folders
+    (unless ``include_hidden``), ``skip_dirs`` and other runs' output folders left out,
+    links to folders not followed. One ``scandir`` per folder and no ``stat`` for a regular
+    file (the folder's entry types say what it is), so an archive of 100,000 files is
+    listed without a read of any file."""
     skip = {os.path.realpath(p) for p in skip_dirs}
-    top = os.fspath(inp)
-    for dirpath, dirnames, filenames in os.walk(top):
-        dirnames[:] = sorted(
-            d
-            for d in dirnames
-            if (include_hidden or not d.startswith("."))
-            and os.path.realpath(os.path.join(dirpath, d)) not in skip
-        )
-        below = os.path.relpath(dirpath, top)
-        yield dirpath, "" if below == "." else below.replace(os.sep, "/") + "/", filenames
+    stack = [(os.fspath(inp), "")]
+    while stack:
+        path, prefix = stack.pop()
+        try:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except OSError as exc:
+            yield Listing(path, prefix, [], problem=_listing_problem(exc))
+            continue
+        files: list[str] = []
+        special: list[tuple[str, str]] = []
+        skipped: list[tuple[str, str]] = []
+        subfolders: list[str] = []
+        for entry in entries:
+            kind = _kind(entry)
+            if kind == "folder":
+                subfolders.append(entry.name)
+            elif kind == "file":
+                files.append(entry.name)
+            elif kind is not None:
+                special.append((entry.name, kind))
+        below = []
+        for name in sorted(subfolders):
+            if not include_hidden and name.startswith("."):
+                continue
+            full = os.path.join(path, name)
+            if os.path.realpath(full) in skip:
+                continue
+            if _holds_a_run(full):
+                skipped.append((name, "another svdharm run's output folder (its lock or logs)"))
+                continue
+            below.append((full, f"{prefix}{name}/"))
+        yield Listing(path, prefix, files, special, None, skipped)
+        stack.extend(reversed(below))
+
+
+def _kind(entry: os.DirEntry[str]) -> str | None:
+    """``file`` (a regular file, or a link to one), ``folder`` (not a link), None for a
+    link to a folder (never followed) or a link to nothing (broken: nothing to read), or
+    what the entry is instead (a FIFO, a socket, a device)."""
+    try:
+        if entry.is_dir(follow_symlinks=False):
+            return "folder"
+        if entry.is_file():
+            return "file"
+        if entry.is_symlink() and (entry.is_dir() or not os.path.exists(entry.path)):
+            return None
+        mode = entry.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe), not a regular file"
+    if stat.S_ISSOCK(mode):
+        return "a socket, not a regular file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device, not a regular file"
+    return "not a regular file"
+
+
+def _holds_a_run(folder: str) -> bool:
+    try:
+        with os.scandir(folder) as it:
+            return holds_a_run([e.name for e in it])
+    except OSError:
+        return False  # listed (and reported) when it is walked
+
+
+def _listing_problem(exc: OSError) -> str:
+    reason = exc.strerror or type(exc).__name__
+    return f"the folder could not be listed ({reason}); its files were not processed"
 
 
 def discover(
@@ -195,13 +305,17 @@ def discover(
     found: list[str] = []
     ignored: list[str] = []
     dicom: set[str] = set()
+    unlisted: list[tuple[str, str]] = []
+    notes: list[str] = []
     for folder in walk(
         inp, include=include, exclude=exclude, skip_dirs=skip_dirs, include_hidden=include_hidden
     ):
         found.extend(folder.images)
         ignored.extend(folder.ignored)
         dicom.update(folder.dicom or ())
-    return Found(root, sorted(found), sorted(ignored), frozenset(dicom))
+        unlisted.extend(folder.unlisted)
+        notes.extend(folder.notes)
+    return Found(root, sorted(found), sorted(ignored), frozenset(dicom), unlisted, notes)
 
 
 def plan_units(root: Path, rels: Sequence[str], dicom: Collection[str] | None = None) -> list[Unit]:

@@ -47,7 +47,6 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -279,7 +278,15 @@ class Reference:
         """A reference JSON file (what ``fit-reference`` writes), validated;
         :class:`ReferenceFileError` says what is wrong with it."""
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            with open(path, "rb") as f:
+                raw = f.read(MAX_FILE_BYTES + 1)
+            if len(raw) > MAX_FILE_BYTES:
+                raise ReferenceFileError(
+                    f"reference {path}: the file is larger than {MAX_FILE_BYTES // 2**20} MiB, "
+                    "more than any reference holds (its sources list grows by about 200 bytes "
+                    "an image); is it a reference?"
+                )
+            text = raw.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ReferenceFileError(f"reference {path}: cannot read: {exc}") from exc
         return cls.from_json(text, origin=str(path))
@@ -291,6 +298,17 @@ class Reference:
             data = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ReferenceFileError(f"{origin}: not valid JSON ({exc})") from exc
+        except RecursionError as exc:
+            raise ReferenceFileError(
+                f"{origin}: the JSON is nested more deeply than Python can read (a reference "
+                f"nests {MAX_DEPTH} levels at most)"
+            ) from exc
+        depth = _depth(data)
+        if depth > MAX_DEPTH:
+            raise ReferenceFileError(
+                f"{origin}: the JSON is nested more than {MAX_DEPTH} levels deep, deeper "
+                "than any reference"
+            )
         return cls.from_dict(data, origin)
 
     @classmethod
@@ -342,6 +360,15 @@ class Reference:
                 arrays[name] = np.asarray(value, dtype=np.float64)
             if (arrays["std"] < 0).any():
                 raise bad(f"{where}std", "must not hold negative values")
+            limit = MAGNITUDE_LIMITS[unit]
+            for name, values in arrays.items():
+                if (np.abs(values) > limit).any():
+                    worst = float(np.abs(values).max())
+                    raise bad(
+                        f"{where}{name}",
+                        f"holds {worst:.6g}, beyond what any image in {unit} units can have "
+                        f"(at most {limit:g} in magnitude)",
+                    )
             if any(e.unit == unit and e.channels == channels for e in entries):
                 raise bad(f"{where}unit", f"repeats the entry for {describe_kind(unit, channels)}")
             images = raw.get("images", 1)
@@ -413,6 +440,36 @@ def _rows(count: int) -> str:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+MAX_FILE_BYTES = 256 * 2**20
+"""The largest reference file read (a merged reference of a million images is about 200 MiB)."""
+
+MAX_DEPTH = 16
+"""How deeply a reference's JSON may nest (what fit-reference and merge-references write nests 6
+to 7 levels: the object, a list, an entry, a matrix, a row, a number)."""
+
+MAGNITUDE_LIMITS = {"normalized": 16.0, "HU": 1e6, "raw": float(np.finfo(np.float32).max)}
+"""The largest mean or std magnitude a reference entry may hold, per unit. In normalized
+units a component's mean and std over a whole image are at most 1 (its values are an
+orthogonal part of an image in [0, 1]); a mask can raise them over its pixels, so 16 leaves
+ample room. HU: CT spans about -1,024 to 3,071 HU, 30,000 in the widest 16-bit rescale.
+Raw: the largest float32 value (what NIfTI stores)."""
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` (parsed JSON) nests, a scalar being 1 level and ``[[1]]`` 3;
+    counted without recursion, and only up to one level past :data:`MAX_DEPTH`."""
+    stack = [(value, 1)]
+    deepest = 1
+    while stack and deepest <= MAX_DEPTH:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
 
 
 def _is_matrix(value: Any, shape: tuple[int, int]) -> bool:

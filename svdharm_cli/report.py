@@ -38,7 +38,9 @@ def write_report(log_path: Path, out_path: Path) -> Path:
         raise UsageError(f"cannot read run log {log_path}: {exc}") from exc
     if not isinstance(log, dict) or log.get("format") != "svdharm-run-log":
         raise UsageError(f"{log_path} is not an svdharm run log")
-    write_text(out_path, render(log, log_path))
+    # A file name that is not UTF-8 (surrogate escapes) is shown with backslash escapes.
+    html = render(log, log_path).encode("utf-8", "backslashreplace").decode("utf-8")
+    write_text(out_path, html)
     return out_path
 
 

@@ -121,6 +121,17 @@ class FileResult:
     """Why a unit meant for the device was computed on the CPU, when it was."""
 
 
+def walk_results(
+    root: Path, unlisted: Sequence[tuple[str, str]], notes: Sequence[str]
+) -> list[FileResult]:
+    """What the walk found besides images, as records: a folder that could not be listed
+    fails (the run exits 1; its files were never seen), and what was left out for what it
+    is (a FIFO, another run's output folder) is a skip whose reason says so."""
+    failed = [FileResult(rel, FAILED, f"{root / rel}: {why}") for rel, why in unlisted]
+    skipped = [FileResult(n.split(": ", 1)[0], SKIPPED, n) for n in notes]
+    return failed + skipped
+
+
 def process_file(rel: str, config: JobConfig) -> FileResult:
     """Process one file as a unit of its own."""
     return process_unit(Unit((rel,), rel), config)[0]

@@ -1,0 +1,198 @@
+"""Unattended runs (cron, clusters): what the walk opens, what a run leaves out and says,
+names that cannot forge lines, references that cannot hide absurd values."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from svdharm_cli.atomic import NAME_MAX, temp_name
+from svdharm_cli.plan import discover
+from tests.conftest import only_log, svdharm
+from tests.images import save, textured
+
+
+def _tree(root: Path) -> Path:
+    save(root / "a.png", textured(40, 48, seed=1))
+    save(root / "sub" / "b.png", textured(36, 36, seed=2))
+    return root
+
+
+def test_a_fifo_socket_or_device_is_never_opened(tmp_path: Path) -> None:
+    """A FIFO named like an image used to hang the run for ever (opened to be sniffed);
+    now it is left out with a note, and the next run is not locked out."""
+    inp = _tree(tmp_path / "in")
+    os.mkfifo(inp / "pipe.png")
+    os.mkfifo(inp / "sub" / "noext")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(inp / "sub" / "sock.dcm"))
+    try:
+        out = tmp_path / "out"
+        result = svdharm("augment", inp, out, "--seed", 1, "--workers", 1)
+        assert result.code == 0, result.stderr
+        log = only_log(out)
+        assert log["counts"]["ok"] == 2
+        assert "pipe.png: a FIFO (named pipe), not a regular file; left out" in log["warnings"]
+        assert "sub/sock.dcm: a socket, not a regular file; left out" in log["warnings"]
+        assert "warning: pipe.png: a FIFO" in result.stderr
+        again = svdharm("augment", inp, out, "--seed", 1, "--workers", 1, "--skip-existing")
+        assert again.code == 0, again.stderr
+    finally:
+        sock.close()
+
+
+def test_an_unreadable_folder_fails_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As root a folder's permissions do not stop its listing, so the listing is made to
+    fail as it does for an unprivileged user (PermissionError from scandir)."""
+    from typer.testing import CliRunner
+
+    from svdharm_cli import plan
+    from svdharm_cli.cli import app
+
+    inp = _tree(tmp_path / "in")
+    save(inp / "locked" / "c.png", textured(30, 30, seed=3))
+    real = os.scandir
+
+    def scandir(path: str) -> object:
+        if os.path.basename(os.fspath(path)) == "locked":
+            raise PermissionError(13, "Permission denied", path)
+        return real(path)
+
+    monkeypatch.setattr(plan.os, "scandir", scandir)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["harmonize", str(inp), str(out), "--reference", str(inp / "a.png"), "--workers", "1"]
+    )
+    assert result.exit_code == 1, result.output
+    log = only_log(out)
+    records = {f["path"]: f for f in log["files"]}
+    assert records["locked/"]["status"] == "failed"
+    assert "could not be listed (Permission denied)" in records["locked/"]["reason"]
+    assert log["counts"]["failed"] == 1 and log["counts"]["ok"] == 2
+    assert log["counts"]["not_processed"] == 0
+    found = discover(inp)
+    assert found.unlisted == [
+        ("locked/", plan._listing_problem(PermissionError(13, "Permission denied")))
+    ]
+
+
+def test_another_runs_output_inside_the_input_is_left_out(tmp_path: Path) -> None:
+    """harmonize in in/harm, then augment in out: the harmonized outputs are not augmented
+    (they used to be, nesting deeper every night)."""
+    inp = _tree(tmp_path / "in")
+    first = svdharm("harmonize", inp, inp / "harm", "--reference", inp / "a.png", "--workers", 1)
+    assert first.code == 0, first.stderr
+    out = tmp_path / "aug"
+    result = svdharm("augment", inp, out, "--seed", 3, "--workers", 1)
+    assert result.code == 0, result.stderr
+    log = only_log(out)
+    assert sorted(f["path"] for f in log["files"] if f["status"] == "ok") == ["a.png", "sub/b.png"]
+    note = "harm/: another svdharm run's output folder (its lock or logs); left out"
+    assert note in log["warnings"]
+    assert not (out / "harm").exists()
+
+
+def test_names_cannot_forge_lines_or_break_the_report(tmp_path: Path) -> None:
+    """A damaged file named 'x\\nfailed: fake.png' used to print a forged line; a name that
+    is not UTF-8 crashed --report."""
+    inp = _tree(tmp_path / "in")
+    (inp / "x\nfailed: fake.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (inp / "esc\x1b[31m.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    latin = os.fsdecode(b"caf\xe9.png")
+    save(inp / latin, textured(32, 32, seed=5))
+    out = tmp_path / "out"
+    result = svdharm("augment", inp, out, "--seed", 1, "--workers", 1, "--report")
+    assert result.code == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert not any(line.startswith("failed: fake.png") for line in lines)
+    assert any("x\\nfailed: fake.png" in line for line in lines)
+    assert "\x1b" not in result.stderr and "esc\\x1b[31m.png" in result.stderr
+    html = next(out.glob("*.html")).read_text(encoding="utf-8")
+    assert "caf\\udce9" in html
+    assert (out / os.fsdecode(b"caf\xe9_aug0.png")).is_file()
+
+
+def test_a_long_name_needs_no_longer_temporary(tmp_path: Path) -> None:
+    long = "n" * (NAME_MAX - len("_aug0.png")) + ".png"
+    assert len(temp_name(tmp_path / long).name) <= NAME_MAX
+    inp = tmp_path / "in"
+    save(inp / long, textured(32, 32, seed=6))
+    out = tmp_path / "out"
+    result = svdharm("augment", inp, out, "--seed", 1, "--workers", 1)
+    assert result.code == 0, result.stderr
+    assert (out / (long[: -len(".png")] + "_aug0.png")).is_file()
+
+
+def _nested(levels: int) -> object:
+    value: object = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def _reference(tmp_path: Path) -> dict:
+    save(tmp_path / "r.png", textured(40, 40, seed=7))
+    out = tmp_path / "r.json"
+    assert svdharm("fit-reference", tmp_path / "r.png", "-o", out).code == 0
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda d: d["entries"][0]["mean"][0].__setitem__(0, 1e308),
+            "field 'entries[0].mean' holds 1e+308, beyond",
+        ),
+        (
+            lambda d: d["entries"][0]["std"][0].__setitem__(1, 40.0),
+            "field 'entries[0].std' holds 40",
+        ),
+        (lambda d: d.__setitem__("sources", _nested(18)), "nested more than 16 levels"),
+    ],
+)
+def test_hand_edited_references_are_refused(tmp_path: Path, edit: object, message: str) -> None:
+    data = _reference(tmp_path)
+    edit(data)  # type: ignore[operator]
+    ref = tmp_path / "edited.json"
+    ref.write_text(json.dumps(data))
+    inp = _tree(tmp_path / "in")
+    result = svdharm("harmonize", inp, tmp_path / "out", "--reference", ref)
+    assert result.code == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_reference_nested_beyond_the_parser_is_refused(tmp_path: Path) -> None:
+    ref = tmp_path / "deep.json"
+    ref.write_text("[" * 100_000 + "]" * 100_000)
+    inp = _tree(tmp_path / "in")
+    result = svdharm("harmonize", inp, tmp_path / "out", "--reference", ref)
+    assert result.code == 2, result.stderr
+    assert "nested more deeply than" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_reference_file_too_large_is_refused(tmp_path: Path) -> None:
+    from svdharm_cli import reference
+
+    ref = tmp_path / "big.json"
+    with open(ref, "wb") as f:
+        f.truncate(reference.MAX_FILE_BYTES + 1)
+    result = svdharm("merge-references", ref, ref, "-o", tmp_path / "m.json")
+    assert result.code == 2, result.stderr
+    assert "larger than 256 MiB" in result.stderr
+
+
+def test_the_walk_reads_no_file_of_a_quiet_tree(tmp_path: Path) -> None:
+    """Listing costs a scandir per folder: the images found are the same as before."""
+    inp = _tree(tmp_path / "in")
+    found = discover(inp)
+    assert found.images == ["a.png", "sub/b.png"] and found.notes == [] and found.unlisted == []
+    assert np.asarray(found.images).size == 2
