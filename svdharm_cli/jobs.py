@@ -366,8 +366,9 @@ def run(
             log_path = write_log(data, request.out, request.command, request.log, spill.lines())
         finally:
             spill.close()
-        if outcome.interrupted is not None:
-            sweep_temporaries(request.out)
+        # What a stopped or dead worker was writing (a worker's temporaries are named by
+        # its process; nothing else writes into OUT while the lock is held).
+        sweep_temporaries(request.out)
     return RunSummary(
         tally,
         seconds,

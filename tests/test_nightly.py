@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -196,3 +197,109 @@ def test_the_walk_reads_no_file_of_a_quiet_tree(tmp_path: Path) -> None:
     found = discover(inp)
     assert found.images == ["a.png", "sub/b.png"] and found.notes == [] and found.unlisted == []
     assert np.asarray(found.images).size == 2
+
+
+def _many(root: Path, count: int, size: int = 96) -> Path:
+    for k in range(count):
+        save(root / f"img{k:02d}.png", textured(size, size, seed=k))
+    return root
+
+
+@pytest.mark.slow
+def test_a_unit_that_kills_its_worker_once_is_tried_again(tmp_path: Path) -> None:
+    """The worker holding img03 dies by SIGKILL (as the out-of-memory killer kills): the
+    pool is rebuilt, img03 is tried again in a fresh worker and succeeds, the batch goes
+    on, the log is complete, and no temporary is left."""
+    inp = _many(tmp_path / "in", 12)
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "SVDHARM_TEST_CRASH": "img03.png",
+        "SVDHARM_TEST_CRASH_ONCE": str(tmp_path / "crashed"),
+    }
+    result = svdharm("augment", inp, out, "--seed", 1, "--workers", 2, env=env)
+    assert result.code == 0, result.stderr
+    log = only_log(out)
+    assert log["counts"]["ok"] == 12 and log["counts"]["failed"] == 0
+    assert any(
+        "a worker died (killed by SIGKILL" in w and "img03.png" in w for w in log["warnings"]
+    )
+    assert log["executor"]["processes"] >= 4  # the pool was rebuilt
+    assert not list(out.rglob("*.svdharm-tmp"))
+    assert len(list(out.glob("*_aug0.png"))) == 12
+
+
+@pytest.mark.slow
+def test_a_unit_that_kills_every_worker_fails_alone(tmp_path: Path) -> None:
+    inp = _many(tmp_path / "in", 10)
+    out = tmp_path / "out"
+    env = {**os.environ, "SVDHARM_TEST_CRASH": "img05.png"}
+    result = svdharm("augment", inp, out, "--seed", 1, "--workers", 2, env=env)
+    assert result.code == 1, result.stderr
+    log = only_log(out)
+    records = {f["path"]: f for f in log["files"]}
+    assert records["img05.png"]["status"] == "failed"
+    assert "its worker died twice (killed by SIGKILL" in records["img05.png"]["reason"]
+    assert log["counts"]["ok"] == 9 and log["counts"]["failed"] == 1
+    assert "failed:" in result.stderr and "img05.png" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_worker_killed_from_outside_leaves_a_complete_log(tmp_path: Path) -> None:
+    """The issue's reproduction: kill -9 one worker in the middle of a run."""
+    import psutil
+
+    from tests.conftest import start_svdharm
+
+    inp = _many(tmp_path / "in", 40, size=256)
+    out = tmp_path / "out"
+    proc = start_svdharm("augment", inp, out, "--seed", 1, "--workers", 2, "--copies", 2)
+    victim = None
+    deadline = time.monotonic() + 60
+    while victim is None and time.monotonic() < deadline and proc.poll() is None:
+        workers = [
+            c
+            for c in psutil.Process(proc.pid).children(recursive=True)
+            if "spawn_main" in " ".join(c.cmdline())
+        ]
+        if workers:
+            time.sleep(0.3)  # let it take a chunk
+            victim = workers[0]
+            victim.kill()
+        time.sleep(0.02)
+    _, stderr = proc.communicate(timeout=300)
+    assert victim is not None, "no worker was started"
+    assert proc.returncode == 0, stderr
+    log = only_log(out)
+    assert log["counts"]["ok"] == 40
+    assert len(list(out.glob("*_aug*.png"))) == 80
+    assert not list(out.rglob("*.svdharm-tmp"))
+
+
+@pytest.mark.slow
+def test_workers_end_when_the_run_is_killed(tmp_path: Path) -> None:
+    """kill -9 of the run's process used to leave its workers running for minutes (and
+    holding a cron job's output pipe open); now they end within seconds."""
+    import psutil
+
+    from tests.conftest import start_svdharm
+
+    inp = _many(tmp_path / "in", 60, size=384)
+    proc = start_svdharm("augment", inp, tmp_path / "out", "--workers", 2, "--copies", 3)
+    workers: list[psutil.Process] = []
+    deadline = time.monotonic() + 60
+    while not workers and time.monotonic() < deadline:
+        workers = [
+            c
+            for c in psutil.Process(proc.pid).children(recursive=True)
+            if "spawn_main" in " ".join(c.cmdline())
+        ]
+        time.sleep(0.05)
+    assert workers, "no worker was started"
+    proc.kill()
+    proc.wait(timeout=30)
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, [p.pid for p in alive]
+    proc.stdout.close()
+    proc.stderr.close()
