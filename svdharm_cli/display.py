@@ -121,7 +121,11 @@ def summary(run: RunSummary, quiet: bool) -> None:
     )
     if tally.already_done or run.retried:
         retried = f"; {run.retried} that failed before tried again" if run.retried else ""
-        out.print(f"resumed: {plural(tally.already_done, 'file')} already done{retried}")
+        out.print(f"resumed: {plural(tally.already_done, 'file')} up to date{retried}")
+    if run.redone:
+        why = ", ".join(f"{reason} {count}" for reason, count in sorted(run.redone.items()))
+        units = sum(run.redone.values())
+        out.print(safe(f"made again: {plural(units, 'input')} whose outputs were stale ({why})"))
     if run.ignored:
         out.print(f"ignored {plural(run.ignored, 'file')} that are not images (named in the log)")
     for reason in tally.skips[:MAX_LISTED]:

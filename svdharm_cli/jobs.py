@@ -37,7 +37,9 @@ from svdharm_cli.plan import (
     plan_units,
     walk,
 )
+from svdharm_cli.provenance import Ledger, Recipe
 from svdharm_cli.reference import Reference
+from svdharm_cli.resume import Resume
 from svdharm_cli.runlog import LOG_FORMAT, LOG_VERSION, Spill, Tally, iso, utc_now, write_log
 from svdharm_cli.safety import OutputLock, sweep_temporaries
 from svdharm_cli.worker import (
@@ -100,6 +102,8 @@ class RunSummary:
     ignored: int = 0
     retried: int | None = None
     warnings: tuple[str, ...] = ()
+    redone: dict[str, int] = field(default_factory=dict)
+    """Units ``--skip-existing`` made again, by reason."""
 
     def count(self, status: str) -> int:
         return self.tally.counts.get(status, 0)
@@ -289,7 +293,7 @@ def run(
             seed=seed,
             write=request.write,
             max_pixels=request.max_pixels,
-            skip_existing=request.skip_existing,
+            skip_existing=False,  # decided here, from the provenance records (resume.py)
             provenance=_provenance(request.method, fractions, request, seed, ref_record),
             label=f"svdharm {request.command}",
             per_slice=request.per_slice,
@@ -315,8 +319,29 @@ def run(
         if on_start is not None:
             walked.count_for(on_start)
         spill = Spill(request.out)
+        ledger = Ledger(request.out)
+
+        def told(result: FileResult) -> None:
+            spill.add(result)
+            on_result(result)
+
+        resume = Resume(
+            ledger,
+            _recipe(request, fractions, ref_record),
+            root,
+            request.out,
+            request.mask_dir if request.mask == "dir" else None,
+            skip_existing=request.skip_existing,
+            told=told,
+        )
         try:
-            outcome = run_units(executor, units, config, on_result, sink=spill.add)
+            outcome = run_units(
+                executor,
+                resume.units(units),
+                config,
+                on_result,
+                sink=lambda r: spill.add(resume.take(r)),
+            )
             warnings.extend(executor.warnings)
             if outcome.interrupted is not None:
                 walked.finish()  # count what was not walked yet: the counts stay exact
@@ -354,11 +379,13 @@ def run(
                 "counts": {
                     **tally.counts,
                     "already_done": tally.already_done,
+                    "redone": sum(resume.redone.values()) if request.skip_existing else None,
                     "retried_failures": retried,
                     "not_processed": walked.images - tally.files,
                     "ignored": len(walked.ignored),
                 },
                 "ignored": sorted(walked.ignored),
+                "redone": dict(sorted(resume.redone.items())),
                 "warnings": warnings,
                 "volumes": sorted(walked.volumes, key=lambda v: min(v["files"])),
                 "files": None,
@@ -366,6 +393,7 @@ def run(
             log_path = write_log(data, request.out, request.command, request.log, spill.lines())
         finally:
             spill.close()
+            ledger.close()
         # What a stopped or dead worker was writing (a worker's temporaries are named by
         # its process; nothing else writes into OUT while the lock is held).
         sweep_temporaries(request.out)
@@ -380,6 +408,7 @@ def run(
         ignored=len(walked.ignored),
         retried=retried,
         warnings=tuple(warnings),
+        redone=dict(resume.redone),
     )
 
 
@@ -508,6 +537,33 @@ def _provenance(
         parts.append(f"per_channel={request.per_channel}")
         parts.append(f"seed={seed}")
     return "; ".join(parts)
+
+
+def _recipe(
+    request: RunRequest, fractions: tuple[float, ...], ref_record: dict[str, Any] | None
+) -> Recipe:
+    """What decides the outputs' bytes besides the inputs (:mod:`svdharm_cli.provenance`):
+    not the workers, the globs or the device (whose results agree within the accuracy
+    bound), and the seed only when it was given (a run without one may make any draw)."""
+    random = request.method is not Method.HARMONIZE
+    parameters = {
+        "command": request.command,
+        "method": request.method.value,
+        "fractions": list(fractions),
+        "copies": request.copies if random else 1,
+        "low": request.low if random else None,
+        "high": request.high if random else None,
+        "per_channel": request.per_channel,
+        "seed": request.seed if random else None,
+        "png_compression": request.write.png_compression,
+        "jpeg_quality": request.write.jpeg_quality,
+        "max_pixels": request.max_pixels,
+        "per_slice": request.per_slice,
+        "slice_axis": request.slice_axis,
+        "mask": request.mask,
+    }
+    reference = None if ref_record is None else str(ref_record["sha256"])
+    return Recipe(__version__, reference, parameters)
 
 
 def _parameters(

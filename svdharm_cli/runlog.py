@@ -47,6 +47,7 @@ def file_record(result: FileResult) -> dict[str, Any]:
         "foreground": result.foreground,
         "error": result.error,
         "fallback": result.fallback,
+        "redone": result.redone,
     }
 
 

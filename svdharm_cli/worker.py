@@ -54,14 +54,16 @@ from svdharm_cli.methods import (
     transform_stack,
 )
 from svdharm_cli.plan import Unit, output_paths
+from svdharm_cli.provenance import Identity, identity
 from svdharm_cli.reference import Entry, Reference
 from svdharm_cli.safety import signals_deferred
 from svdharm_cli.units import entry_for, read_unit, unit_masks, volumes_of
 from svdharm_cli.volume import CACHE_BYTES, Map, transform_volume
 
 OK, SKIPPED, FAILED = "ok", "skipped", "failed"
-ALREADY_DONE = "outputs already exist (--skip-existing)"
-"""The reason of a file skipped because an earlier run finished it."""
+ALREADY_DONE = "outputs are up to date (--skip-existing)"
+"""The reason of a file skipped because an earlier run made its outputs from the same
+input, reference and parameters (:mod:`svdharm_cli.provenance`)."""
 
 T = TypeVar("T")
 
@@ -119,6 +121,13 @@ class FileResult:
     and frames, no message), when one was raised; the run log keeps it."""
     fallback: str | None = None
     """Why a unit meant for the device was computed on the CPU, when it was."""
+    identity: Identity | None = None
+    """The input file's size, modification time and SHA-256 as it was read (an OK
+    result; None when it changed while it was read): what the provenance record keeps."""
+    mask_identity: Identity | None = None
+    """The same for its mask file under ``--mask-dir``."""
+    redone: str | None = None
+    """Why ``--skip-existing`` made this file again (set by the run, not the worker)."""
 
 
 def walk_results(
@@ -212,6 +221,9 @@ class _Prepared:
     coefficients: list[np.ndarray | None] = field(default_factory=list)
     """Per copy: the output's seed and coefficients (None for harmonize)."""
     fallback: str | None = None
+    identities: list[Identity | None] = field(default_factory=list)
+    mask_identities: list[Identity | None] = field(default_factory=list)
+    """Per file: what was read (:func:`~svdharm_cli.provenance.identity`), taken before."""
 
     @property
     def foreground(self) -> list[float | None]:
@@ -234,11 +246,24 @@ class _Prepared:
         share = (time.perf_counter() - self.start) / len(files)
         per_file = outputs or [()] * len(files)
         fg = foreground or [None] * len(files)
+        ok = status == OK
+        idents = self.identities if ok and self.identities else [None] * len(files)
+        masks = self.mask_identities if ok and self.mask_identities else [None] * len(files)
         return [
             FileResult(
-                rel, status, reason, tuple(out), share, self.unit.volume, f, error, self.fallback
+                rel,
+                status,
+                reason,
+                tuple(out),
+                share,
+                self.unit.volume,
+                f,
+                error,
+                self.fallback,
+                ident,
+                mask_ident,
             )
-            for rel, out, f in zip(files, per_file, fg)
+            for rel, out, f, ident, mask_ident in zip(files, per_file, fg, idents, masks)
         ]
 
     def failure(
@@ -339,6 +364,10 @@ def _prepare(unit: Unit, config: JobConfig, tell: Report) -> _Prepared | None:
         for outs in planned:
             for out_rel in outs:
                 _check_inside(config.out_root, out_rel)
+        # What is read, before it is read: the provenance record's identity of each file.
+        prepared.identities = [identity(config.in_root / rel) for rel in unit.files]
+        if config.mask == "dir" and config.mask_dir is not None:
+            prepared.mask_identities = [identity(config.mask_dir / rel) for rel in unit.files]
         prepared.images = read_unit(
             config.in_root, unit, config.max_pixels, config.slice_axis, config.reference
         )

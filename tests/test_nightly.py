@@ -303,3 +303,111 @@ def test_workers_end_when_the_run_is_killed(tmp_path: Path) -> None:
     assert not alive, [p.pid for p in alive]
     proc.stdout.close()
     proc.stderr.close()
+
+
+def _reference_file(tmp_path: Path, name: str, scale: float) -> Path:
+    save(tmp_path / f"{name}.png", textured(40, 40, seed=len(name)) * scale + 0.1)
+    out = tmp_path / f"{name}.json"
+    assert svdharm("fit-reference", tmp_path / f"{name}.png", "-o", out).code == 0
+    return out
+
+
+def _harmonize(inp: Path, out: Path, ref: Path, *extra: object) -> dict:
+    result = svdharm("harmonize", inp, out, "--reference", ref, "--workers", 1, *extra)
+    assert result.code == 0, result.stderr
+    return json.loads(
+        max(out.glob("svdharm-*.json"), key=lambda p: p.stat().st_mtime_ns).read_text()
+    )
+
+
+def _redone(log: dict) -> dict[str, str]:
+    return {f["path"]: f["redone"] for f in log["files"] if f["status"] == "ok"}
+
+
+def test_skip_existing_keeps_only_what_the_same_command_would_make_today(tmp_path: Path) -> None:
+    """The issue's reproduction and every reason: a new reference, changed pixels, other
+    fractions, another mask, a touched but unchanged file, a deleted output."""
+    inp = _tree(tmp_path / "in")
+    out = tmp_path / "out"
+    r1 = _reference_file(tmp_path, "first", 0.5)
+    r2 = _reference_file(tmp_path, "second-ref", 0.7)
+    _harmonize(inp, out, r1)
+    made_by_r1 = (out / "a.png").read_bytes()
+
+    log = _harmonize(inp, out, r1, "--skip-existing")
+    assert log["counts"]["already_done"] == 2 and log["counts"]["ok"] == 0
+
+    log = _harmonize(inp, out, r2, "--skip-existing")
+    assert _redone(log) == {"a.png": "reference changed", "sub/b.png": "reference changed"}
+    assert (out / "a.png").read_bytes() != made_by_r1
+    assert log["redone"] == {"reference changed": 2}
+
+    os.utime(inp / "a.png", ns=(1, 1))  # touched, not changed: kept, by its hash
+    log = _harmonize(inp, out, r2, "--skip-existing")
+    assert log["counts"]["already_done"] == 2
+    log = _harmonize(inp, out, r2, "--skip-existing")  # and its new time recorded
+    assert log["counts"]["already_done"] == 2
+
+    save(inp / "a.png", textured(40, 48, seed=99))
+    log = _harmonize(inp, out, r2, "--skip-existing")
+    assert _redone(log) == {"a.png": "input changed (a.png)"}
+
+    log = _harmonize(inp, out, r2, "--skip-existing", "--mask", "auto")
+    assert set(_redone(log).values()) == {"parameters changed"}
+
+    (out / "sub" / "b.png").unlink()
+    log = _harmonize(inp, out, r2, "--skip-existing", "--mask", "auto")
+    assert _redone(log) == {"sub/b.png": "an output is missing (sub/b.png)"}
+
+    fractions = svdharm(
+        "fit-reference",
+        tmp_path / "first.png",
+        "-o",
+        tmp_path / "f.json",
+        "--fractions",
+        "0.1,0.3,0.6",
+    )
+    assert fractions.code == 0, fractions.stderr
+    log = _harmonize(inp, out, tmp_path / "f.json", "--skip-existing", "--mask", "auto")
+    assert set(_redone(log).values()) == {"reference changed"}
+
+
+def test_outputs_of_an_older_svdharm_are_made_again(tmp_path: Path) -> None:
+    """Outputs with no provenance record (an earlier version's, or copied in by hand)."""
+    inp = _tree(tmp_path / "in")
+    out = tmp_path / "out"
+    ref = _reference_file(tmp_path, "r", 0.6)
+    _harmonize(inp, out, ref)
+    (out / ".svdharm-provenance.sqlite").unlink()
+    log = _harmonize(inp, out, ref, "--skip-existing")
+    assert set(_redone(log).values()) == {"no record of what made its outputs"}
+
+
+def test_a_series_that_gains_a_slice_is_made_again(tmp_path: Path) -> None:
+    import pydicom
+
+    from tests.dicom_files import make_dicom, radiograph
+
+    inp = tmp_path / "in"
+    series = pydicom.uid.generate_uid(entropy_srcs=["nightly series"])
+    for i in range(3):
+        make_dicom(inp / "ct" / f"s{i}.dcm", radiograph(seed=i), series=series, InstanceNumber=i)
+    out = tmp_path / "out"
+    first = svdharm("augment", inp, out, "--seed", 4, "--workers", 1)
+    assert first.code == 0, first.stderr
+    again = svdharm("augment", inp, out, "--seed", 4, "--workers", 1, "--skip-existing")
+    assert "3 files up to date" in again.stdout
+    make_dicom(inp / "ct" / "s3.dcm", radiograph(seed=3), series=series, InstanceNumber=3)
+    result = svdharm("augment", inp, out, "--seed", 4, "--workers", 1, "--skip-existing")
+    assert result.code == 0, result.stderr
+    log = only_log_latest(out)
+    assert {f["redone"] for f in log["files"]} == {
+        "series changed (its files are not those that made the outputs)"
+    }
+    assert log["counts"]["ok"] == 4
+
+
+def only_log_latest(out: Path) -> dict:
+    return json.loads(
+        max(out.glob("svdharm-*.json"), key=lambda p: p.stat().st_mtime_ns).read_text()
+    )
