@@ -59,6 +59,7 @@ bench: install
 	$(BIN)/python bench/transforms.py
 	$(BIN)/python bench/device.py
 	$(BIN)/python bench/client_memory.py
+	$(BIN)/python bench/nightly.py
 
 # Fidelity of harmonization on images that ship with packages, under simulated site shifts;
 # then the downstream experiment: does a model trained with svdharm generalize to another site?

@@ -142,8 +142,19 @@ JpegQuality = Annotated[int, typer.Option(min=1, max=100, help="Quality of JPEG 
 SkipExisting = Annotated[
     bool,
     typer.Option(
-        help="Skip inputs whose outputs all exist (to finish an interrupted run; seeds "
-        "make the result identical to an uninterrupted run)."
+        help="Skip inputs whose outputs this command would make again identically: a record "
+        "in OUT says they were made from the same input (size and time, else SHA-256), "
+        "series members, reference, parameters and svdharm version; others are made again, "
+        "the log says why. Finishes an interrupted run as if it had not been interrupted."
+    ),
+]
+Settle = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        help="Leave for the next run any input modified less than this many seconds ago "
+        "(a DICOM series while any file of its folder is): files still being copied in. "
+        "For cron over folders that receive copies; 0 takes every file as it is.",
     ),
 ]
 IncludeHidden = Annotated[
@@ -298,6 +309,7 @@ def harmonize(
     jpeg_quality: JpegQuality = 95,
     max_pixels: MaxPixels = 100_000_000,
     skip_existing: SkipExisting = False,
+    settle: Settle = 0.0,
     include_hidden: IncludeHidden = False,
     per_slice: PerSlice = False,
     slice_axis: SliceAxis = 2,
@@ -328,6 +340,7 @@ def harmonize(
         jpeg_quality=jpeg_quality,
         max_pixels=max_pixels,
         skip_existing=skip_existing,
+        settle=settle,
         include_hidden=include_hidden,
         per_slice=per_slice,
         slice_axis=slice_axis,
@@ -368,6 +381,7 @@ def augment(
     jpeg_quality: JpegQuality = 95,
     max_pixels: MaxPixels = 100_000_000,
     skip_existing: SkipExisting = False,
+    settle: Settle = 0.0,
     include_hidden: IncludeHidden = False,
     per_slice: PerSlice = False,
     slice_axis: SliceAxis = 2,
@@ -407,6 +421,7 @@ def augment(
         jpeg_quality=jpeg_quality,
         max_pixels=max_pixels,
         skip_existing=skip_existing,
+        settle=settle,
         include_hidden=include_hidden,
         per_slice=per_slice,
         slice_axis=slice_axis,
@@ -666,14 +681,14 @@ def _run(
     with display.progress(request.command, quiet) as (on_start, on_result):
         summary = jobs.run(request, on_start, on_result)
     display.summary(summary, quiet)
-    if report:
+    if report and summary.log_path is not None:
         from svdharm_cli.report import write_report
 
         html = write_report(summary.log_path, summary.log_path.with_suffix(".html"))
         display.print_line(f"report: {html}", quiet)
     if summary.interrupted is not None:
         raise typer.Exit(128 + summary.interrupted)
-    if summary.failed:
+    if summary.failed or summary.log_path is None:
         raise typer.Exit(1)
 
 

@@ -110,6 +110,16 @@ def summary(run: RunSummary, quiet: bool) -> None:
             f"[bold red]interrupted[/] by {name} after {tally.files} of {run.total} "
             "files; run the same command with --skip-existing to finish"
         )
+    if run.log_path is None:
+        err.print(
+            "[bold red]error:[/] the run log could not be written anywhere: "
+            f"{safe(run.log_problem or '')}"
+        )
+    elif run.log_problem is not None:
+        err.print(
+            f"[yellow]warning:[/] the log went to {safe(str(run.log_path))}, not to OUT: "
+            f"{safe(run.log_problem)}"
+        )
     if quiet:
         return
     out = stdout()
@@ -136,7 +146,8 @@ def summary(run: RunSummary, quiet: bool) -> None:
         out.print(f"seed: {run.seed} (pass --seed {run.seed} to reproduce this run)")
     elif run.seed is not None:
         out.print(f"seed: {run.seed}")
-    out.print(f"log: {safe(str(run.log_path))}")
+    if run.log_path is not None:
+        out.print(f"log: {safe(str(run.log_path))}")
 
 
 def band_table(image: object, rows: list, quiet: bool) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import secrets
 import signal
 import sys
@@ -40,7 +41,15 @@ from svdharm_cli.plan import (
 from svdharm_cli.provenance import Ledger, Recipe
 from svdharm_cli.reference import Reference
 from svdharm_cli.resume import Resume
-from svdharm_cli.runlog import LOG_FORMAT, LOG_VERSION, Spill, Tally, iso, utc_now, write_log
+from svdharm_cli.runlog import (
+    LOG_FORMAT,
+    LOG_VERSION,
+    Spill,
+    Tally,
+    iso,
+    utc_now,
+    write_log_somewhere,
+)
 from svdharm_cli.safety import OutputLock, sweep_temporaries
 from svdharm_cli.worker import (
     ALREADY_DONE,
@@ -76,6 +85,7 @@ class RunRequest:
     write: WriteOptions = field(default_factory=WriteOptions)
     max_pixels: int = DEFAULT_MAX_PIXELS
     skip_existing: bool = False
+    settle: float = 0.0
     include_hidden: bool = False
     per_slice: bool = False
     slice_axis: int = 2
@@ -94,7 +104,7 @@ class RunSummary:
 
     tally: Tally
     seconds: float
-    log_path: Path
+    log_path: Path | None
     seed: int | None
     seed_given: bool
     total: int = 0
@@ -104,6 +114,8 @@ class RunSummary:
     warnings: tuple[str, ...] = ()
     redone: dict[str, int] = field(default_factory=dict)
     """Units ``--skip-existing`` made again, by reason."""
+    log_problem: str | None = None
+    """Why the log is not where it was asked for (:func:`runlog.write_log_somewhere`)."""
 
     def count(self, status: str) -> int:
         return self.tally.counts.get(status, 0)
@@ -325,6 +337,7 @@ def run(
             spill.add(result)
             on_result(result)
 
+        walked.told = told
         resume = Resume(
             ledger,
             _recipe(request, fractions, ref_record),
@@ -390,7 +403,16 @@ def run(
                 "volumes": sorted(walked.volumes, key=lambda v: min(v["files"])),
                 "files": None,
             }
-            log_path = write_log(data, request.out, request.command, request.log, spill.lines())
+            if spill.problem is not None:
+                warnings.append(f"the run's records were kept in memory ({spill.problem})")
+            if ledger.problem is not None:
+                warnings.append(
+                    f"provenance records could not be written ({ledger.problem}): the next "
+                    "--skip-existing run makes these outputs again"
+                )
+            log_path, log_problem = write_log_somewhere(
+                data, request.out, request.command, request.log, spill.lines
+            )
         finally:
             spill.close()
             ledger.close()
@@ -409,6 +431,7 @@ def run(
         retried=retried,
         warnings=tuple(warnings),
         redone=dict(resume.redone),
+        log_problem=log_problem,
     )
 
 
@@ -432,6 +455,8 @@ class Walked:
         self.notes: list[str] = []
         self.volumes: list[dict[str, Any]] = []
         self._walked: Callable[[int], None] = lambda images: None
+        self.told: Callable[[FileResult], None] = lambda result: None
+        """Where the files left for a later run (``--settle``) are reported."""
         self._folders = walk(
             request.inp,
             include=request.include,
@@ -450,11 +475,41 @@ class Walked:
         single = self.request.inp.is_file()
         for folder in self._folders:
             self._take(folder)
+            young = self._unsettled(folder)
+            dicom = folder.dicom or frozenset()
             for unit in plan_units(self.root, folder.images, None if single else folder.dicom):
+                held = [rel for rel in unit.files if rel in young]
+                if not held and young and unit.files[0] in dicom:
+                    held = sorted(young)  # a series may be missing a file still arriving
+                if held:
+                    why = (
+                        f"{self.root / held[0]}: modified {young[held[0]]:.0f} s ago, within "
+                        f"--settle {self.request.settle:g} s: left for the next run"
+                    )
+                    for rel in unit.files:
+                        self.told(FileResult(rel, SKIPPED, why, volume=unit.volume))
+                    continue
                 if unit.volume is not None:
                     self.volumes.append({"volume": unit.volume, "files": list(unit.files)})
                 yield unit
         self._walked(self.images)
+
+    def _unsettled(self, folder: Folder) -> dict[str, float]:
+        """The files of ``folder`` (images or not: a DICOM file cut short may not be
+        recognized yet) modified less than ``--settle`` seconds ago, with their age."""
+        settle = self.request.settle
+        if settle <= 0:
+            return {}
+        now = time.time()
+        young = {}
+        for rel in [*folder.images, *folder.ignored]:
+            try:
+                age = now - os.stat(self.root / rel).st_mtime
+            except OSError:
+                continue
+            if age < settle:
+                young[rel] = max(age, 0.0)
+        return young
 
     def finish(self) -> None:
         """Walk the rest without planning it (after a stop), so that the counts are exact."""
@@ -582,6 +637,7 @@ def _parameters(
         "exclude": list(request.exclude),
         "include_hidden": request.include_hidden,
         "skip_existing": request.skip_existing,
+        "settle": request.settle,
         "png_compression": request.write.png_compression,
         "jpeg_quality": request.write.jpeg_quality,
         "max_pixels": request.max_pixels,

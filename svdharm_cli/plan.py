@@ -254,16 +254,19 @@ def _folders(inp: Path, skip_dirs: Sequence[Path], include_hidden: bool) -> Iter
 
 
 def _kind(entry: os.DirEntry[str]) -> str | None:
-    """``file`` (a regular file, or a link to one), ``folder`` (not a link), None for a
-    link to a folder (never followed) or a link to nothing (broken: nothing to read), or
-    what the entry is instead (a FIFO, a socket, a device)."""
+    """``file`` (a regular file, a link to one, or a link to nothing, which then fails
+    alone with its message when it is read), ``folder`` (not a link), None for a link to a
+    folder (never followed), or what the entry is instead (a FIFO, a socket, a device)."""
     try:
         if entry.is_dir(follow_symlinks=False):
             return "folder"
         if entry.is_file():
             return "file"
-        if entry.is_symlink() and (entry.is_dir() or not os.path.exists(entry.path)):
-            return None
+        if entry.is_symlink():
+            if entry.is_dir():
+                return None
+            if not os.path.exists(entry.path):
+                return "file"
         mode = entry.stat().st_mode
     except OSError:
         return None

@@ -103,15 +103,37 @@ class Ledger:
 
     def __init__(self, out: Path) -> None:
         self.path = out / DB_NAME
-        self.db = sqlite3.connect(self.path, isolation_level="DEFERRED", timeout=30)
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS units (key TEXT PRIMARY KEY, record TEXT NOT NULL)"
-        )
-        self.db.commit()
+        self.problem: str | None = None
+        """Why records are no longer written (a full disk, a damaged database): the run
+        goes on, and the next ``--skip-existing`` run makes those outputs again."""
         self._pending = 0
+        self.db: sqlite3.Connection | None = None
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level="DEFERRED", timeout=30)
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS units (key TEXT PRIMARY KEY, record TEXT NOT NULL)"
+            )
+            self.db.commit()
+        except sqlite3.Error as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: sqlite3.Error) -> None:
+        self.problem = f"{self.path}: {exc}"
+        if self.db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.close()
+        self.db = None
 
     def get(self, key: str) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT record FROM units WHERE key = ?", (_text(key),)).fetchone()
+        if self.db is None:
+            return None
+        try:
+            row = self.db.execute(
+                "SELECT record FROM units WHERE key = ?", (_text(key),)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            self._fail(exc)
+            return None
         if row is None:
             return None
         try:
@@ -121,22 +143,34 @@ class Ledger:
         return record if isinstance(record, dict) else None
 
     def put(self, key: str, record: dict[str, Any]) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO units (key, record) VALUES (?, ?)",
-            (_text(key), json.dumps(record, separators=(",", ":"))),
-        )
+        if self.db is None:
+            return
+        try:
+            self.db.execute(
+                "INSERT OR REPLACE INTO units (key, record) VALUES (?, ?)",
+                (_text(key), json.dumps(record, separators=(",", ":"))),
+            )
+        except sqlite3.Error as exc:
+            self._fail(exc)
+            return
         self._pending += 1
         if self._pending >= self.BATCH:
             self.commit()
 
     def commit(self) -> None:
-        self.db.commit()
+        if self.db is None:
+            return
+        try:
+            self.db.commit()
+        except sqlite3.Error as exc:
+            self._fail(exc)
         self._pending = 0
 
     def close(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            self.commit()
-        self.db.close()
+        self.commit()
+        if self.db is not None:
+            self.db.close()
+            self.db = None
 
 
 def _text(key: str) -> str:

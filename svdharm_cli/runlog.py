@@ -12,8 +12,9 @@ import contextlib
 import heapq
 import json
 import os
+import tempfile
 import uuid
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -97,6 +98,8 @@ class Spill:
         self.buffer: list[tuple[str, str]] = []
         self.runs: list[Path] = []
         self._names = 0
+        self.problem: str | None = None
+        """Why the records stay in memory: OUT could not take a run file (a full disk)."""
 
     def _next_name(self) -> Path:
         self._names += 1
@@ -106,14 +109,20 @@ class Spill:
         done = result.status == SKIPPED and (result.reason or "").endswith(ALREADY_DONE)
         head = json.dumps([result.path, result.status, len(result.outputs), done])
         self.buffer.append((result.path, head + "\t" + json.dumps(file_record(result))))
-        if len(self.buffer) >= self.run_size:
+        if len(self.buffer) >= self.run_size and self.problem is None:
             self._flush()
 
     def _flush(self) -> None:
         self.buffer.sort(key=lambda item: item[0])
         path = self._next_name()
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(line + "\n" for _, line in self.buffer)
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                f.writelines(line + "\n" for _, line in self.buffer)
+        except OSError as exc:  # no room in OUT: the records stay in memory
+            self.problem = f"{path.parent}: {exc.strerror or exc}"
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return
         self.runs.append(path)
         self.buffer = []
         if len(self.runs) >= self.MAX_RUNS:
@@ -199,6 +208,39 @@ def to_json(data: dict[str, Any]) -> str:
     marker = '"files": null'
     lines = ",\n".join("    " + json.dumps(f, allow_nan=False) for f in files)
     return head.replace(marker, '"files": [\n' + lines + "\n  ]", 1) + "\n"
+
+
+def fallback_folder() -> Path:
+    """Where a run log goes when OUT cannot hold it: ``$XDG_STATE_HOME/svdharm/logs``
+    (``~/.local/state/svdharm/logs`` by default), else the system's temporary folder."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return Path(state) / "svdharm" / "logs"
+
+
+def write_log_somewhere(
+    data: dict[str, Any],
+    out_root: Path,
+    command: str,
+    explicit: Path | None,
+    files: Callable[[], Iterator[str]],
+) -> tuple[Path | None, str | None]:
+    """:func:`write_log`, and where OUT (or ``--log``) cannot take it (a full disk, a
+    folder gone read-only), the same log in :func:`fallback_folder`, then in the system's
+    temporary folder. Returns where it went (None: nowhere) and why it is not where it was
+    asked for (None when it is)."""
+    try:
+        return write_log(data, out_root, command, explicit, files()), None
+    except OSError as exc:
+        problem = f"{explicit or out_root}: {exc.strerror or exc}"
+    data = {**data, "log_not_in_output": problem}
+    for folder in (fallback_folder(), Path(tempfile.gettempdir()) / "svdharm-logs"):
+        try:
+            return write_log(data, folder, command, None, files()), problem
+        except OSError as exc:
+            problem += f"; {folder}: {exc.strerror or exc}"
+    return None, problem
 
 
 def write_log(

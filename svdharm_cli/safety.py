@@ -67,8 +67,14 @@ class OutputLock:
                     hint=f"the lock is {self.path}; it is released when that run's process ends",
                 ) from None
             raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:  # a full disk: nothing can be written there
+            os.close(fd)
+            raise UsageError(
+                f"cannot write to output folder {self.path.parent}: {exc.strerror or exc}"
+            ) from exc
         self._fd = fd
         return self
 

@@ -79,6 +79,7 @@ def test_harmonize_tree(gray_tree: Path, gray_reference: Path, tmp_path: Path) -
         "skipped": 0,
         "failed": 0,
         "already_done": 0,
+        "redone": None,
         "retried_failures": None,
         "not_processed": 0,
         "ignored": 1,

@@ -346,3 +346,46 @@ def test_futures_in_flight_are_bounded_and_small_files_chunked(
     assert len(outcome.results) == 600 and {r.status for r in outcome.results} == {"ok"}
     assert sum(submitted) == 600 and len(submitted) < 600 / 4  # small files travel together
     assert max(in_flight) < 2 * 2 + 2  # 2 workers with one thread each: at most 6 in flight
+
+
+class _Numbers:
+    """A task whose payloads are its items, one by one (what a worker reports)."""
+
+    def __call__(self, items: Any, threads: int, report: Any, stop: Any = None) -> None:
+        for item in items:
+            report(item.value)
+
+    def lost(self, item: Any, reason: str) -> Any:
+        return ("lost", item.value)
+
+
+class _Item:
+    def __init__(self, value: int) -> None:
+        self.value = value
+        self.size = 1 << 20  # one per chunk
+
+
+def test_a_stop_while_a_result_is_collected_loses_none_of_it(cluster: Any) -> None:
+    """The deterministic form of the race that made the SIGINT test flaky: the stop comes
+    while the client collects the first finished task (here: its first accept raises, as
+    the signal handler would). Every payload of every finished task must still be
+    accepted; before, the task being collected was forgotten with its outputs."""
+    from svdharm_cli.executors.dask import DaskExecutor
+    from svdharm_cli.safety import Interrupted
+
+    accepted: list[Any] = []
+    raised_on: list[Any] = []
+
+    def accept(payload: Any) -> None:
+        if not raised_on:
+            raised_on.append(payload)
+            raise Interrupted(signal.SIGINT)
+        accepted.append(payload)
+
+    with (
+        DaskExecutor.connect(cluster.scheduler_address, None) as executor,
+        pytest.raises(Interrupted),
+    ):
+        executor.execute(_Numbers(), [_Item(k) for k in range(4)], accept)
+    assert raised_on and raised_on[0] in accepted  # accepted when the stop collected it
+    assert sorted(accepted) == [0, 1, 2, 3]

@@ -411,3 +411,102 @@ def only_log_latest(out: Path) -> dict:
     return json.loads(
         max(out.glob("svdharm-*.json"), key=lambda p: p.stat().st_mtime_ns).read_text()
     )
+
+
+def test_settle_leaves_files_still_arriving_for_the_next_run(tmp_path: Path) -> None:
+    """A DICOM slice cut short (being copied) used to be left out of its series, which
+    was harmonized without it; with --settle the series waits for the next run."""
+    import pydicom
+
+    from tests.dicom_files import make_dicom, radiograph
+
+    inp = tmp_path / "in"
+    save(inp / "old.png", textured(32, 32, seed=1))
+    series = pydicom.uid.generate_uid(entropy_srcs=["arriving series"])
+    for i in range(3):
+        make_dicom(inp / "ct" / f"s{i}.dcm", radiograph(seed=i), series=series, InstanceNumber=i)
+    complete = (inp / "ct" / "s2.dcm").read_bytes()
+    hour_ago = time.time() - 3600
+    for path in [inp / "old.png", *(inp / "ct").iterdir()]:
+        os.utime(path, (hour_ago, hour_ago))
+    (inp / "ct" / "s2.dcm").write_bytes(complete[:100])  # still being copied: fresh
+    out = tmp_path / "out"
+    args = ("augment", inp, out, "--seed", 2, "--workers", 1, "--skip-existing", "--settle", 60)
+    result = svdharm(*args)
+    assert result.code == 0, result.stderr
+    log = only_log_latest(out)
+    records = {f["path"]: f for f in log["files"]}
+    assert records["old.png"]["status"] == "ok"
+    for i in range(3):
+        assert records[f"ct/s{i}.dcm"]["status"] == "skipped"
+        assert "within --settle 60 s: left for the next run" in records[f"ct/s{i}.dcm"]["reason"]
+    assert not (out / "ct").exists()
+    assert log["parameters"]["settle"] == 60
+
+    (inp / "ct" / "s2.dcm").write_bytes(complete)
+    os.utime(inp / "ct" / "s2.dcm", (hour_ago, hour_ago))
+    result = svdharm(*args)
+    assert result.code == 0, result.stderr
+    log = only_log_latest(out)
+    records = {f["path"]: f for f in log["files"]}
+    assert records["old.png"]["status"] == "skipped"  # up to date
+    assert [records[f"ct/s{i}.dcm"]["volume"] for i in range(3)] == ["ct/[series 1]"] * 3
+    assert all(records[f"ct/s{i}.dcm"]["status"] == "ok" for i in range(3))
+
+
+def _on_a_small_disk(tmp_path: Path, size: str, fill: bool, *args: object) -> tuple[int, str, str]:
+    """Run svdharm with OUT on a tmpfs of ``size`` (full before the run with ``fill``), in
+    a mount namespace of its own, so nothing is left mounted; skipped where mounting is not
+    allowed (it needs root). Returns the exit code, stderr and what OUT then held."""
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("mounting a small tmpfs for OUT needs root and unshare")
+    out = tmp_path / "out"
+    out.mkdir()
+    command = " ".join(f"'{a}'" for a in (sys.executable, "-m", "svdharm_cli", *args))
+    filler = f"cat /dev/zero > '{out}/filler' 2>/dev/null;" if fill else ""
+    script = (
+        f"mount -t tmpfs -o size={size} tmpfs '{out}' || exit 99; {filler} {command}; "
+        f"code=$?; ls -a '{out}' 1>&2; exit $code"
+    )
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    proc = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    if proc.returncode == 99:
+        pytest.skip("this machine does not allow mounting a tmpfs")
+    return proc.returncode, proc.stderr, proc.stdout
+
+
+def test_a_full_disk_before_the_run_is_a_clear_error(tmp_path: Path) -> None:
+    inp = _tree(tmp_path / "in")
+    out = tmp_path / "out"
+    code, stderr, _ = _on_a_small_disk(tmp_path, "64k", True, "augment", inp, out, "--seed", 1)
+    assert code == 2, stderr
+    assert f"cannot write to output folder {out}: No space left on device" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_a_disk_that_fills_during_the_run_still_gives_a_log(tmp_path: Path) -> None:
+    """Outputs that do not fit fail one by one (printed); the log, which OUT cannot hold,
+    goes to the fallback folder ($XDG_STATE_HOME/svdharm/logs) and says so."""
+    inp = tmp_path / "in"
+    for k in range(40):  # outputs of a page or so each: no freed fragment can hold the log
+        save(inp / f"noise{k:02d}.png", np.random.default_rng(k).random((1, 48, 48)))
+    out = tmp_path / "out"
+    code, stderr, _ = _on_a_small_disk(
+        tmp_path, "96k", False, "augment", inp, out, "--seed", 1, "--workers", 1
+    )
+    assert code == 1, stderr
+    assert "Traceback" not in stderr
+    assert "No space left on device" in stderr and "failed:" in stderr
+    logs = list((tmp_path / "state" / "svdharm" / "logs").glob("svdharm-augment-*.json"))
+    assert len(logs) == 1, stderr
+    log = json.loads(logs[0].read_text())
+    assert "No space left on device" in log["log_not_in_output"]
+    assert len(log["files"]) == 40
+    assert log["counts"]["failed"] >= 1 and log["counts"]["ok"] + log["counts"]["failed"] == 40
+    assert f"the log went to {logs[0]}, not to OUT" in stderr.replace("\n", " ")

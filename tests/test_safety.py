@@ -320,7 +320,7 @@ def test_skip_existing_is_logged_as_skipped(tmp_path: Path) -> None:
         == 0
     )
     record = json.loads((tmp_path / "2.json").read_text())["files"][0]
-    assert record["status"] == SKIPPED and "already exist" in record["reason"]
+    assert record["status"] == SKIPPED and "outputs are up to date" in record["reason"]
 
 
 def test_hidden_inputs_on_request(tmp_path: Path) -> None:

@@ -111,7 +111,7 @@ def test_resume_counts_done_files_and_says_how_many_failures_were_retried(tmp_pa
     resumed = svdharm("augment", src, out, "--seed", 3, "--skip-existing")
     assert resumed.code == 1
     assert "skipped:" not in resumed.stdout  # done files are counted, not listed
-    assert "resumed: 3 files already done; 1 that failed before tried again" in resumed.stdout
+    assert "resumed: 3 files up to date; 1 that failed before tried again" in resumed.stdout
     newest = max(out.glob("svdharm-augment-*.json"), key=lambda p: p.stat().st_mtime_ns)
     log = json.loads(newest.read_text())
     assert log["counts"]["already_done"] == 3 and log["counts"]["retried_failures"] == 1

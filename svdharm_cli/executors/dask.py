@@ -200,8 +200,11 @@ class DaskExecutor:
         try:
             top_up()
             for future in finished:
-                chunk = inflight.pop(future)
-                self._collect(task, future, chunk, accept, submit)
+                # Still in flight until collected: a stop that comes while its payloads
+                # are fetched or accepted finds it there, and _stop accepts them (again:
+                # a path's latest record is the one the log keeps).
+                self._collect(task, future, inflight[future], accept, submit)
+                del inflight[future]
                 top_up()
         except BaseException:
             with signals_deferred(drop=True):
