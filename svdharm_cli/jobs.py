@@ -332,6 +332,7 @@ def run(
             walked.count_for(on_start)
         spill = Spill(request.out)
         ledger = Ledger(request.out)
+        parameters = _parameters(request, fractions, executor)
 
         def told(result: FileResult) -> None:
             spill.add(result)
@@ -340,7 +341,7 @@ def run(
         walked.told = told
         resume = Resume(
             ledger,
-            _recipe(request, fractions, ref_record),
+            _recipe(request, parameters, ref_record),
             root,
             request.out,
             request.mask_dir if request.mask == "dir" else None,
@@ -383,7 +384,7 @@ def run(
                 "output": str(request.out),
                 "input_root_absolute": str(root.resolve()),
                 "output_absolute": str(request.out.resolve()),
-                "parameters": _parameters(request, fractions, executor),
+                "parameters": parameters,
                 "executor": executor.describe(),
                 "device_check": checked,
                 "reference": ref_record,
@@ -594,31 +595,35 @@ def _provenance(
     return "; ".join(parts)
 
 
+RECIPE = (
+    "method",
+    "fractions",
+    "copies",
+    "low",
+    "high",
+    "per_channel",
+    "png_compression",
+    "jpeg_quality",
+    "max_pixels",
+    "per_slice",
+    "slice_axis",
+    "mask",
+)
+"""The logged parameters that decide the outputs' bytes (:mod:`svdharm_cli.provenance`):
+not the workers, the globs or the device (whose results agree within the accuracy bound)."""
+
+
 def _recipe(
-    request: RunRequest, fractions: tuple[float, ...], ref_record: dict[str, Any] | None
+    request: RunRequest, parameters: dict[str, Any], ref_record: dict[str, Any] | None
 ) -> Recipe:
-    """What decides the outputs' bytes besides the inputs (:mod:`svdharm_cli.provenance`):
-    not the workers, the globs or the device (whose results agree within the accuracy
-    bound), and the seed only when it was given (a run without one may make any draw)."""
+    """What decides the outputs besides the inputs: :data:`RECIPE` of the logged
+    ``parameters``, the command, and the seed when one was given (a run without one may
+    make any draw)."""
     random = request.method is not Method.HARMONIZE
-    parameters = {
-        "command": request.command,
-        "method": request.method.value,
-        "fractions": list(fractions),
-        "copies": request.copies if random else 1,
-        "low": request.low if random else None,
-        "high": request.high if random else None,
-        "per_channel": request.per_channel,
-        "seed": request.seed if random else None,
-        "png_compression": request.write.png_compression,
-        "jpeg_quality": request.write.jpeg_quality,
-        "max_pixels": request.max_pixels,
-        "per_slice": request.per_slice,
-        "slice_axis": request.slice_axis,
-        "mask": request.mask,
-    }
+    decisive = {key: parameters[key] for key in RECIPE}
+    decisive.update(command=request.command, seed=request.seed if random else None)
     reference = None if ref_record is None else str(ref_record["sha256"])
-    return Recipe(__version__, reference, parameters)
+    return Recipe(__version__, reference, decisive)
 
 
 def _parameters(

@@ -205,6 +205,20 @@ class _Layout:
         return like(out, self.original)
 
 
+class _Input:
+    """The options every transform takes about its input, checked and kept."""
+
+    unit: str
+    mask: MaskLike
+    slice_axis: int
+
+    def _input_options(self, unit: str, mask: MaskLike, slice_axis: int) -> None:
+        self.unit = _check_unit(unit)
+        self.mask = mask
+        self.slice_axis = slice_axis
+        _spatial_axis(slice_axis)
+
+
 def _spatial_axis(slice_axis: int) -> int:
     """The input axis (1, 2 or 3) of a volume's slices; ``slice_axis`` counts from the
     first spatial axis (0, 1, 2) or from the end (-1, -2, -3)."""
@@ -307,7 +321,7 @@ def _apply(
     return layout.assemble(out, unit)
 
 
-class SVDDecompose:
+class SVDDecompose(_Input):
     """The decomposition of an image or volume, as data (METHOD.md section 7b).
 
     A deterministic transform: an array or tensor in, a
@@ -344,10 +358,7 @@ class SVDDecompose:
         dtype: str = "float32",
     ) -> None:
         self.fractions = validate_fractions(fractions)
-        self.unit = _check_unit(unit)
-        self.mask = mask
-        self.slice_axis = slice_axis
-        _spatial_axis(slice_axis)
+        self._input_options(unit, mask, slice_axis)
         if dtype not in STORAGE_DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(STORAGE_DTYPES)}, not {dtype!r}")
         self.dtype = dtype
@@ -402,7 +413,7 @@ def _template(img: Array) -> Array:
     return np.empty(0, dtype=np.asarray(img).dtype)
 
 
-class SVDHarmonize:
+class SVDHarmonize(_Input):
     """Match every band's mean and std to a reference (METHOD.md section 4).
 
     Parameters
@@ -433,10 +444,7 @@ class SVDHarmonize:
         slice_axis: int = -1,
     ) -> None:
         self.reference = load_reference(reference)
-        self.unit = _check_unit(unit)
-        self.mask = mask
-        self.slice_axis = slice_axis
-        _spatial_axis(slice_axis)
+        self._input_options(unit, mask, slice_axis)
         self.coefficients = None if coefficients is None else np.asarray(_host(coefficients))
 
     def entry(self, layout: _Layout | Decomposition) -> Entry:
@@ -492,7 +500,7 @@ class SVDHarmonize:
         return f"{type(self).__name__}(unit={self.unit!r}{extra})"
 
 
-class SVDDeharmonize:
+class SVDDeharmonize(_Input):
     """Scale component i of every channel by ``coefficients[i]`` (METHOD.md section 5).
 
     ``coefficients`` holds ``len(fractions) + 1`` values shared by the channels, or one row
@@ -518,10 +526,7 @@ class SVDDeharmonize:
                 f"coefficients of shape {self.coefficients.shape} do not fit "
                 f"{len(self.fractions)} cuts ({len(self.fractions) + 1} components)"
             )
-        self.unit = _check_unit(unit)
-        self.mask = mask
-        self.slice_axis = slice_axis
-        _spatial_axis(slice_axis)
+        self._input_options(unit, mask, slice_axis)
 
     def __call__(self, img: ImageLike, mask: MaskLike = None) -> Array:
         n = len(self.fractions) + 1
@@ -597,7 +602,7 @@ class _Random:
         return self.last_coefficients
 
 
-class RandSVDDeharmonize(_Random):
+class RandSVDDeharmonize(_Random, _Input):
     """De-harmonization as an augmentation: coefficients ``~ Uniform[low, high]``, one draw
     per call (METHOD.md section 5); ``prob`` is the chance a call applies them (an input
     not drawn is returned as it is). ``replay()`` gives the :class:`SVDDeharmonize` of the
@@ -618,10 +623,7 @@ class RandSVDDeharmonize(_Random):
     ) -> None:
         super().__init__(low, high, per_channel, prob, seed)
         self.fractions = validate_fractions(fractions)
-        self.unit = _check_unit(unit)
-        self.mask = mask
-        self.slice_axis = slice_axis
-        _spatial_axis(slice_axis)
+        self._input_options(unit, mask, slice_axis)
 
     def __call__(self, img: ImageLike, mask: MaskLike = None) -> Array:
         n = len(self.fractions) + 1
