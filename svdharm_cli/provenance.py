@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,9 +108,14 @@ class Ledger:
         """Why records are no longer written (a full disk, a damaged database): the run
         goes on, and the next ``--skip-existing`` run makes those outputs again."""
         self._pending = 0
+        self._lock = threading.RLock()
         self.db: sqlite3.Connection | None = None
         try:
-            self.db = sqlite3.connect(self.path, isolation_level="DEFERRED", timeout=30)
+            # The run's threads share it (a device run accepts results in its I/O threads),
+            # one at a time: the lock below.
+            self.db = sqlite3.connect(
+                self.path, isolation_level="DEFERRED", timeout=30, check_same_thread=False
+            )
             self.db.execute(
                 "CREATE TABLE IF NOT EXISTS units (key TEXT PRIMARY KEY, record TEXT NOT NULL)"
             )
@@ -125,15 +131,16 @@ class Ledger:
         self.db = None
 
     def get(self, key: str) -> dict[str, Any] | None:
-        if self.db is None:
-            return None
-        try:
-            row = self.db.execute(
-                "SELECT record FROM units WHERE key = ?", (_text(key),)
-            ).fetchone()
-        except sqlite3.Error as exc:
-            self._fail(exc)
-            return None
+        with self._lock:
+            if self.db is None:
+                return None
+            try:
+                row = self.db.execute(
+                    "SELECT record FROM units WHERE key = ?", (_text(key),)
+                ).fetchone()
+            except sqlite3.Error as exc:
+                self._fail(exc)
+                return None
         if row is None:
             return None
         try:
@@ -143,34 +150,37 @@ class Ledger:
         return record if isinstance(record, dict) else None
 
     def put(self, key: str, record: dict[str, Any]) -> None:
-        if self.db is None:
-            return
-        try:
-            self.db.execute(
-                "INSERT OR REPLACE INTO units (key, record) VALUES (?, ?)",
-                (_text(key), json.dumps(record, separators=(",", ":"))),
-            )
-        except sqlite3.Error as exc:
-            self._fail(exc)
-            return
-        self._pending += 1
-        if self._pending >= self.BATCH:
-            self.commit()
+        with self._lock:
+            if self.db is None:
+                return
+            try:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO units (key, record) VALUES (?, ?)",
+                    (_text(key), json.dumps(record, separators=(",", ":"))),
+                )
+            except sqlite3.Error as exc:
+                self._fail(exc)
+                return
+            self._pending += 1
+            if self._pending >= self.BATCH:
+                self.commit()
 
     def commit(self) -> None:
-        if self.db is None:
-            return
-        try:
-            self.db.commit()
-        except sqlite3.Error as exc:
-            self._fail(exc)
-        self._pending = 0
+        with self._lock:
+            if self.db is None:
+                return
+            try:
+                self.db.commit()
+            except sqlite3.Error as exc:
+                self._fail(exc)
+            self._pending = 0
 
     def close(self) -> None:
-        self.commit()
-        if self.db is not None:
-            self.db.close()
-            self.db = None
+        with self._lock:
+            self.commit()
+            if self.db is not None:
+                self.db.close()
+                self.db = None
 
 
 def _text(key: str) -> str:
