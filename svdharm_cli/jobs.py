@@ -417,9 +417,10 @@ def run(
         finally:
             spill.close()
             ledger.close()
-        # What a stopped or dead worker was writing (a worker's temporaries are named by
-        # its process; nothing else writes into OUT while the lock is held).
-        sweep_temporaries(request.out)
+        if outcome.interrupted is not None or executor.warnings:
+            # What a stopped or dead worker was writing (its warnings say when one died);
+            # nothing else writes into OUT while the lock is held.
+            sweep_temporaries(request.out)
     return RunSummary(
         tally,
         seconds,

@@ -103,8 +103,9 @@ class Listing:
     files: list[str]
     special: list[tuple[str, str]] = field(default_factory=list)
     problem: str | None = None
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    """Subfolders left out, with why: another svdharm run's output folder."""
+    left_out: str | None = None
+    """Why this folder and its subfolders were left out (another svdharm run's output
+    folder), when they were; its files are then not listed."""
 
 
 def walk(
@@ -142,7 +143,8 @@ def walk(
             for name, what in listing.special
             if _candidate(prefix, name, include, exclude, include_hidden) is not None
         ]
-        notes += [_note(prefix + name + "/", why) for name, why in listing.skipped]
+        if listing.left_out is not None:
+            notes.append(_note(prefix, listing.left_out))
         unlisted = [] if listing.problem is None else [(prefix or "./", listing.problem)]
         for name in sorted(listing.files):
             rel = _candidate(prefix, name, include, exclude, include_hidden)
@@ -226,9 +228,12 @@ def _folders(inp: Path, skip_dirs: Sequence[Path], include_hidden: bool) -> Iter
         except OSError as exc:
             yield Listing(path, prefix, [], problem=_listing_problem(exc))
             continue
+        if prefix and holds_a_run([e.name for e in entries]):  # IN itself is never left out
+            why = "another svdharm run's output folder (its lock or logs)"
+            yield Listing(path, prefix, [], left_out=why)
+            continue
         files: list[str] = []
         special: list[tuple[str, str]] = []
-        skipped: list[tuple[str, str]] = []
         subfolders: list[str] = []
         for entry in entries:
             kind = _kind(entry)
@@ -245,11 +250,8 @@ def _folders(inp: Path, skip_dirs: Sequence[Path], include_hidden: bool) -> Iter
             full = os.path.join(path, name)
             if os.path.realpath(full) in skip:
                 continue
-            if _holds_a_run(full):
-                skipped.append((name, "another svdharm run's output folder (its lock or logs)"))
-                continue
             below.append((full, f"{prefix}{name}/"))
-        yield Listing(path, prefix, files, special, None, skipped)
+        yield Listing(path, prefix, files, special)
         stack.extend(reversed(below))
 
 
@@ -277,14 +279,6 @@ def _kind(entry: os.DirEntry[str]) -> str | None:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device, not a regular file"
     return "not a regular file"
-
-
-def _holds_a_run(folder: str) -> bool:
-    try:
-        with os.scandir(folder) as it:
-            return holds_a_run([e.name for e in it])
-    except OSError:
-        return False  # listed (and reported) when it is walked
 
 
 def _listing_problem(exc: OSError) -> str:
