@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from svdharm_cli.plan import Unit
+from svdharm_cli.plan import Unit, output_paths
 from svdharm_cli.provenance import Ledger, Recipe, record, verdict
 from svdharm_cli.runlog import iso, utc_now
 from svdharm_cli.worker import ALREADY_DONE, OK, SKIPPED, FileResult
@@ -65,12 +65,25 @@ class Resume:
                             FileResult(rel, SKIPPED, f"{where}: {ALREADY_DONE}", volume=unit.volume)
                         )
                     continue
-                self.redone[why.split(" (", 1)[0]] += 1
+                if found is None and not self._any_output(unit):
+                    why = None  # never made (a first run, or a file that failed): not stale
+                else:
+                    self.redone[why.split(" (", 1)[0]] += 1
             first = unit.files[0]
             self._open[first] = (unit, {}, why)
             for rel in unit.files:
                 self._unit_of[rel] = first
             yield unit
+
+    def _any_output(self, unit: Unit) -> bool:
+        """Whether any output of ``unit`` exists (what the command would name them)."""
+        harmonize = self.recipe.parameters.get("method") == "harmonize"
+        copies = int(self.recipe.parameters.get("copies") or 1)
+        return any(
+            (self.out_root / out).exists()
+            for rel in unit.files
+            for out in output_paths(rel, harmonize, copies)
+        )
 
     def take(self, result: FileResult) -> FileResult:
         """``result`` as the log keeps it; the unit's record is written once all of its
