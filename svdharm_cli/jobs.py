@@ -417,10 +417,10 @@ def run(
         finally:
             spill.close()
             ledger.close()
-        if outcome.interrupted is not None or executor.warnings:
-            # What a stopped or dead worker was writing (its warnings say when one died);
-            # nothing else writes into OUT while the lock is held.
-            sweep_temporaries(request.out)
+        # What a stopped or dead worker was writing (a worker killed from outside can die
+        # between two chunks' reports unnoticed by the pool); nothing else writes into OUT
+        # while the lock is held. One listing of OUT, no stat.
+        sweep_temporaries(request.out)
     return RunSummary(
         tally,
         seconds,
