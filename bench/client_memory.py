@@ -23,7 +23,7 @@ _WRAPPER = (
     "import atexit, resource, sys\n"
     "atexit.register(lambda: print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
     " file=sys.stderr))\n"
-    "from svdharm_cli.cli import main\n"
+    "from svdharm_cli.ui.app import main\n"
     "sys.argv = ['svdharm', *sys.argv[1:]]\n"
     "main()\n"
 )

@@ -27,11 +27,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from svdharm_cli.bands import DEFAULT_FRACTIONS  # noqa: E402
-from svdharm_cli.methods import Method  # noqa: E402
-from svdharm_cli.plan import discover, plan_units  # noqa: E402
-from svdharm_cli.reference import Reference  # noqa: E402
-from svdharm_cli.worker import SKIPPED, JobConfig, process_units  # noqa: E402
+from svdharm_cli.core.bands import DEFAULT_FRACTIONS  # noqa: E402
+from svdharm_cli.core.methods import Method  # noqa: E402
+from svdharm_cli.core.reference import Reference  # noqa: E402
+from svdharm_cli.files.plan import discover, plan_inputs  # noqa: E402
+from svdharm_cli.run.results import SKIPPED  # noqa: E402
+from svdharm_cli.run.worker import JobConfig, process_inputs  # noqa: E402
 from tests import fuzzcorpus  # noqa: E402
 
 
@@ -76,9 +77,9 @@ def main() -> int:
             )
             try:
                 found = discover(folder)
-                units = plan_units(folder, found.images, found.dicom)
+                units = plan_inputs(folder, found.images, found.dicom)
                 out.mkdir(parents=True)
-                results = process_units(units, config)
+                results = process_inputs(units, config)
             except Exception as exc:  # what would have ended a whole run
                 where = traceback.extract_tb(exc.__traceback__)[-1]
                 stoppers.append(

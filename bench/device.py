@@ -36,7 +36,7 @@ from run import make_images, max_level_diff, svdharm  # noqa: E402
 def _decomposition(size: int) -> dict:
     import torch
 
-    from svdharm_cli.bands import decompose
+    from svdharm_cli.core.bands import decompose
 
     rng = np.random.default_rng(size)
     x = np.clip(0.5 + 0.1 * rng.standard_normal((size, size)), 0, 1)

@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from svdharm_cli.compare import sample_from_arrays, separability
-from svdharm_cli.masks import auto_mask
+from svdharm_cli.core.masks import auto_mask
+from svdharm_cli.evidence.compare import sample_from_arrays, separability
 from svdharm_cli.transforms import SVDHarmonize, fit_reference
 
 HERE = Path(__file__).resolve().parent

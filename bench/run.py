@@ -223,7 +223,7 @@ def case_large(work: Path, n: int) -> dict:
 
 
 def case_decomposition(size: int, repeats: int) -> dict:
-    from svdharm_cli.bands import decompose
+    from svdharm_cli.core.bands import decompose
 
     rng = np.random.default_rng(size)
     yy, xx = np.mgrid[0:size, 0:size] / size
@@ -542,7 +542,7 @@ def case_startup(repeats: int = 5) -> dict:
 def _png_sources() -> dict[str, np.ndarray]:
     """Stored pixels to encode: generated, a sample fundus, and pydicom-data's 12-bit MR
     (scaled to 16 bits) when installed."""
-    from svdharm_cli.formats import read_image
+    from svdharm_cli.files.formats import read_image
 
     rng = np.random.default_rng(5)
     yy, xx = np.mgrid[0:1024, 0:1024] / 1024

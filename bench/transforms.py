@@ -5,7 +5,7 @@
    worker): target torch within 1.3x of NumPy. For information, the torch backend's own
    kernels on the CPU (``SVDHARM_TORCH_ON_CPU=1``, the code a CUDA tensor runs).
 2. A transform's per-sample cost against the CLI worker's compute for the same image (the
-   worker's call of :func:`svdharm_cli.volume.transform_volume` on the slices it read):
+   worker's call of :func:`svdharm_cli.core.volume.transform_volume` on the slices it read):
    target within 1.2x.
 3. An epoch through a DataLoader (2 workers, batch 32) of 128 x 128 gray images: with
    ``RandSVDDeharmonize`` online from the image, online from decompositions kept in the
@@ -44,8 +44,9 @@ from threadpoolctl import threadpool_limits
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from svdharm_cli.backend import TORCH_ON_CPU  # noqa: E402
-from svdharm_cli.bands import decompose  # noqa: E402
+from svdharm_cli.core.backend import TORCH_ON_CPU  # noqa: E402
+from svdharm_cli.core.bands import decompose  # noqa: E402
+from svdharm_cli.core.volume import transform_volume  # noqa: E402
 from svdharm_cli.transforms import (  # noqa: E402
     RandSVDDeharmonize,
     RandSVDHarmonizeDeharmonize,
@@ -53,7 +54,6 @@ from svdharm_cli.transforms import (  # noqa: E402
     SVDHarmonize,
     fit_reference,
 )
-from svdharm_cli.volume import transform_volume  # noqa: E402
 
 
 def image(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:

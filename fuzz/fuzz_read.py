@@ -3,8 +3,8 @@
 Each input is one byte that picks a file name (``.dcm``, no extension, ``.nii``,
 ``.nii.gz``, ``.png``, ``.jpg``, ``.tif``) followed by the file's content. The content is
 written to a temporary file and goes through everything that parses an input: sniffing
-(:func:`~svdharm_cli.formats.handler_for`), the DICOM series header reader that planning
-uses, each format's reader (:func:`~svdharm_cli.formats.read_image`) and the mask reader.
+(:func:`~svdharm_cli.files.formats.handler_for`), the DICOM series header reader that planning
+uses, each format's reader (:func:`~svdharm_cli.files.formats.read_image`) and the mask reader.
 svdharm's own errors (a file's failure or skip) are the expected outcome; any other
 exception escaping them is a crash: a file that would stop a batch.
 
@@ -12,7 +12,7 @@ The seeds are the undamaged files of the test corpus (pydicom, nibabel, sample i
 written from scikit-image's photographs). libFuzzer writes what it finds to
 ``fuzz/findings/``; ``python fuzz/fuzz_read.py --save`` turns each finding into a real file
 in ``fuzz/crashes/`` (its name's extension restored), which the test suite then runs as part
-of its damaged corpus (``tests/test_damaged.py``).
+of its damaged corpus (``tests/files/test_damaged.py``).
 
     python fuzz/fuzz_read.py -max_total_time=600 -rss_limit_mb=4096 fuzz/seeds
     python fuzz/fuzz_read.py --seeds   # write fuzz/seeds from the test corpus' sources
@@ -52,8 +52,8 @@ def name_for(data: bytes) -> tuple[str, bytes]:
 def one_input(data: bytes, folder: Path) -> None:
     """Everything svdharm does to an input file before processing it."""
     from svdharm_cli.errors import SvdharmError
-    from svdharm_cli.formats import handler_for, read_image, read_mask
-    from svdharm_cli.formats.dicom import series_header
+    from svdharm_cli.files.formats import handler_for, read_image, read_mask
+    from svdharm_cli.files.formats.dicom import series_header
 
     name, content = name_for(data)
     path = folder / name
@@ -119,11 +119,11 @@ def main() -> None:
         import pydicom  # noqa: F401
         import tifffile  # noqa: F401
 
-        import svdharm_cli.formats  # noqa: F401
-        import svdharm_cli.formats.dicom  # noqa: F401
-        import svdharm_cli.formats.nifti  # noqa: F401
-        import svdharm_cli.formats.raster  # noqa: F401
-        import svdharm_cli.formats.tiff  # noqa: F401
+        import svdharm_cli.files.formats  # noqa: F401
+        import svdharm_cli.files.formats.dicom  # noqa: F401
+        import svdharm_cli.files.formats.nifti  # noqa: F401
+        import svdharm_cli.files.formats.raster  # noqa: F401
+        import svdharm_cli.files.formats.tiff  # noqa: F401
     folder = _scratch()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     atheris.Setup(sys.argv, lambda data: one_input(data, folder))

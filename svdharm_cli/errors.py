@@ -7,7 +7,7 @@ is allowed to show its traceback.
 Damaged input files are the exception to "anything else is a bug": the libraries that parse
 them raise whatever their parsers meet (``zlib.error``, ``struct.error``, pydicom's
 ``BytesLengthException``, ``NotImplementedError``, ...). The format layer turns each of them
-into an :class:`ImageError` for that file (``svdharm_cli.formats.reading``), and the worker
+into an :class:`ImageError` for that file (``svdharm_cli.files.formats.reading``), and the worker
 turns anything still unexpected into that unit's failure (an internal error), so one file
 never stops a batch. Either way the exception is kept for the run log by
 :func:`exception_record`: its type and the frames it passed through, never its message,

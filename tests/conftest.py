@@ -1,4 +1,5 @@
-"""Shared fixtures: running the real CLI in a subprocess, and generated image trees."""
+"""Shared fixtures: running the real CLI (in this process, or in a subprocess where the
+process itself is under test), and generated image trees."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,19 @@ class Result:
 
 
 def svdharm(*args: object, cwd: Path | None = None, env: dict[str, str] | None = None) -> Result:
-    """Run ``python -m svdharm_cli ARGS`` as a user would, output not a terminal."""
+    """Run ``svdharm ARGS`` as a user would, output not a terminal: in this process
+    (Typer's test runner: the same app, exit code, stdout and stderr, no interpreter start),
+    or with ``env`` in a subprocess of its own (an environment read once per process, such
+    as the fake CUDA device's, must not leak into other tests)."""
+    if env is None:
+        return _in_process([str(a) for a in args], cwd)
+    return in_subprocess(*args, cwd=cwd, env=env)
+
+
+def in_subprocess(
+    *args: object, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> Result:
+    """Run ``python -m svdharm_cli ARGS`` in a new interpreter (signals, process exits)."""
     proc = subprocess.run(
         [sys.executable, "-m", "svdharm_cli", *map(str, args)],
         capture_output=True,
@@ -38,6 +52,28 @@ def svdharm(*args: object, cwd: Path | None = None, env: dict[str, str] | None =
         timeout=300,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def _in_process(args: list[str], cwd: Path | None) -> Result:
+    from typer.testing import CliRunner
+
+    from svdharm_cli.files.safety import quiet_libraries
+    from svdharm_cli.ui.app import app
+
+    quiet_libraries()  # as main() does
+    argv, here = sys.argv, os.getcwd()
+    sys.argv = ["svdharm", *args]
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        result = CliRunner().invoke(app, args, catch_exceptions=True)
+    finally:
+        sys.argv = argv
+        os.chdir(here)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return Result(result.exit_code, result.stdout, stderr)
 
 
 def start_svdharm(*args: object) -> subprocess.Popen[str]:

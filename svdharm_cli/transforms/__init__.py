@@ -4,10 +4,10 @@ Framework-free callables: a NumPy array or a torch tensor in, the same type, dty
 and shape out. Images are channel-first, ``(C, H, W)``, and volumes ``(C, X, Y, Z)`` with
 their slices along ``slice_axis`` (the last by default, as MONAI and TorchIO hold them; a
 TorchIO 2-D image ``(C, W, H, 1)`` is a volume of one slice). The work is the CLI's own
-(:mod:`svdharm_cli.volume`): every slice decomposed in float64 on the input's device, the
+(:mod:`svdharm_cli.core.volume`): every slice decomposed in float64 on the input's device, the
 moments pooled over the slices and the mask, one map per component applied to every slice.
 
-- :class:`SVDDecompose`: the decomposition as data (:class:`~svdharm_cli.decomposition.
+- :class:`SVDDecompose`: the decomposition as data (:class:`~svdharm_cli.core.decomposition.
   Decomposition`), computed once: every transform below accepts it wherever it accepts an
   image and then costs one weighted sum, not a decomposition (see "Decompose once" below).
 - :class:`SVDHarmonize`: match each band to a reference (the JSON files ``fit-reference``
@@ -34,7 +34,7 @@ and :mod:`svdharm_cli.transforms.torchio`.
 
 Decompose once: an image's components and their pooled moments do not change between
 epochs, only the coefficients do (METHOD.md section 7b). ``SVDDecompose()(img)`` returns a
-:class:`~svdharm_cli.decomposition.Decomposition` (picklable, immutable, its size in
+:class:`~svdharm_cli.core.decomposition.Decomposition` (picklable, immutable, its size in
 ``nbytes``: ``n`` times the float32 image, 4x with the paper's cuts); cache it (MONAI's
 ``CacheDataset`` or ``PersistentDataset``, a ``Dataset`` that decomposes in ``__init__``) and
 give it to the transforms in place of the image. The result equals the result from the image
@@ -48,29 +48,27 @@ torch is imported only when a tensor is given: ``import svdharm_cli.transforms``
 
 from __future__ import annotations
 
-import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from svdharm_cli.backend import Array, backend_of, compute_view, is_tensor
-from svdharm_cli.bands import DEFAULT_FRACTIONS, validate_fractions
-from svdharm_cli.decomposition import STORAGE_DTYPES, Decomposition, decompose_volume, freeze
-from svdharm_cli.methods import DEFAULT_HIGH, DEFAULT_LOW
-from svdharm_cli.reference import Entry, Reference, describe_kind
+from svdharm_cli.core.backend import Array, backend_of, compute_view, is_tensor
+from svdharm_cli.core.bands import DEFAULT_FRACTIONS, validate_fractions
+from svdharm_cli.core.decomposition import STORAGE_DTYPES, Decomposition, decompose_volume, freeze
+from svdharm_cli.core.methods import DEFAULT_HIGH, DEFAULT_LOW
+from svdharm_cli.core.reference import Entry, Reference, describe_kind
 from svdharm_cli.transforms._inputs import (
     MaskLike,
     _apply,
     _check_range,
-    _check_unit,
     _coefficient_rows,
     _host,
     _Input,
     _Layout,
 )
-from svdharm_cli.volume import volume_moments
+from svdharm_cli.transforms._reference import ReferenceLike, fit_reference, load_reference
 
 __all__ = [
     "Decomposition",
@@ -84,29 +82,15 @@ __all__ = [
 ]
 
 ImageLike = Any
-"""An array or tensor (see the module), or a :class:`~svdharm_cli.decomposition.Decomposition`
+"""An array or tensor (see the module), or a :class:`~svdharm_cli.core.decomposition.Decomposition`
 of one made by :class:`SVDDecompose`."""
-ReferenceLike = Any
-"""A :class:`~svdharm_cli.reference.Reference` or the path of a reference JSON file."""
-
-
-def load_reference(reference: ReferenceLike) -> Reference:
-    """A :class:`~svdharm_cli.reference.Reference` from itself or a JSON file's path."""
-    if isinstance(reference, Reference):
-        return reference
-    if isinstance(reference, (str, os.PathLike)):
-        return Reference.read(reference)
-    raise TypeError(
-        f"reference must be a Reference or the path of a reference JSON file, got "
-        f"{type(reference).__name__}"
-    )
 
 
 class SVDDecompose(_Input):
     """The decomposition of an image or volume, as data (METHOD.md section 7b).
 
     A deterministic transform: an array or tensor in, a
-    :class:`~svdharm_cli.decomposition.Decomposition` out, which every transform of this
+    :class:`~svdharm_cli.core.decomposition.Decomposition` out, which every transform of this
     module accepts in place of the image (see the module). Slices are decomposed in float64
     on the input's device, as the transforms do, and their moments pooled over the volume
     and the mask; the components are then kept in ``dtype``.
@@ -200,7 +184,7 @@ class SVDHarmonize(_Input):
     Parameters
     ----------
     reference
-        A reference JSON path or a loaded :class:`~svdharm_cli.reference.Reference`; the
+        A reference JSON path or a loaded :class:`~svdharm_cli.core.reference.Reference`; the
         entry of the input's unit and channel count is used, as on the CLI.
     coefficients
         Optional band coefficients (``n_components`` values, or one row per channel): the
@@ -461,58 +445,3 @@ class RandSVDHarmonizeDeharmonize(_Random):
             mask=self.harmonize.mask,
             slice_axis=self.harmonize.slice_axis,
         )
-
-
-def fit_reference(
-    images: Iterable[Array],
-    *,
-    unit: str = "normalized",
-    fractions: Sequence[float] | None = None,
-    mask: MaskLike | Sequence[Any] = None,
-    slice_axis: int = -1,
-    per_slice: bool = False,
-) -> Reference:
-    """A reference from images in memory: what ``fit-reference`` writes for the same images.
-
-    Parameters
-    ----------
-    images
-        Arrays or tensors, ``(C, H, W)`` or volumes ``(C, X, Y, Z)`` (a volume counts as one
-        image, its slices pooled; ``per_slice`` counts each slice as one); kinds may mix,
-        each (unit, channel count) giving one entry.
-    unit
-        The images' unit (see the module); all images share it.
-    fractions
-        The band cuts; the paper's (0.07, 0.20, 0.50) by default.
-    mask
-        None, ``"auto"``, or one boolean mask (or None) per image.
-
-    Returns
-    -------
-    Reference
-        With no sources (arrays have no file to name or hash); ``Reference.to_json()``
-        gives the file ``fit-reference`` would write, which the CLI and
-        :class:`SVDHarmonize` read.
-    """
-    fr = validate_fractions(DEFAULT_FRACTIONS if fractions is None else fractions)
-    _check_unit(unit)
-    items = list(images)
-    if not items:
-        raise ValueError("a reference needs at least one image")
-    if isinstance(mask, str) or mask is None:
-        masks: list[Any] = [mask] * len(items)
-        mode = "none" if mask is None else "auto"
-    else:
-        masks = list(mask)
-        if len(masks) != len(items):
-            raise ValueError(f"{len(masks)} masks for {len(items)} images")
-        mode = "dir"
-    stats = []
-    for img, m in zip(items, masks):
-        layout = _Layout.of(img, slice_axis)
-        _check_range(layout, unit)
-        count = layout.volume.shape[0]
-        groups = [[s] for s in range(count)] if per_slice else None
-        for pooled in volume_moments(layout.slices, fr, layout.masks(m), groups):
-            stats.append((unit, pooled.means, pooled.stds))
-    return Reference.fit(stats, fr, mask=mode)

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from svdharm_cli.backend import Array, Backend, backend_of, compute_view, like
-from svdharm_cli.decomposition import Decomposition
-from svdharm_cli.reference import UNITS, Entry, describe_kind
-from svdharm_cli.volume import transform_volume
+from svdharm_cli.core.backend import Array, Backend, backend_of, compute_view, like
+from svdharm_cli.core.decomposition import Decomposition
+from svdharm_cli.core.reference import UNITS, Entry, describe_kind
+from svdharm_cli.core.volume import transform_volume
 
 MaskLike = Any
 """None (every pixel), ``"auto"`` (the CLI's ``--mask auto`` estimate) or a boolean array
@@ -101,7 +101,7 @@ class _Layout:
         if isinstance(mask, str):
             if mask != "auto":
                 raise ValueError(f"mask must be None, 'auto' or a boolean array, not {mask!r}")
-            from svdharm_cli.masks import auto_mask
+            from svdharm_cli.core.masks import auto_mask
 
             estimate = auto_mask(self.xp.numpy(self.volume))
             return list(estimate)

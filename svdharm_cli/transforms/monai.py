@@ -20,7 +20,7 @@ own random intensity transforms do; :class:`RandSVDHarmonizeDeharmonize` still h
 Decompose once (METHOD.md section 7b): :class:`SVDDecompose` and its dictionary version
 :class:`SVDDecomposed` are deterministic, so ``CacheDataset``, ``PersistentDataset`` and
 ``LMDBDataset`` cache their output, a
-:class:`~svdharm_cli.decomposition.Decomposition` that carries the ``MetaTensor``'s meta.
+:class:`~svdharm_cli.core.decomposition.Decomposition` that carries the ``MetaTensor``'s meta.
 Every transform here accepts it in place of the image and returns a ``MetaTensor`` with
 that meta, at the cost of one weighted sum instead of a decomposition (``PersistentDataset``
 reads it back with ``weights_only``: importing this module registers it as safe)::
@@ -48,9 +48,9 @@ from monai.transforms import MapTransform, RandomizableTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
 from svdharm_cli import transforms as core
-from svdharm_cli.bands import DEFAULT_FRACTIONS, validate_fractions
-from svdharm_cli.decomposition import Decomposition, allow_torch_load
-from svdharm_cli.methods import DEFAULT_HIGH, DEFAULT_LOW
+from svdharm_cli.core.bands import DEFAULT_FRACTIONS, validate_fractions
+from svdharm_cli.core.decomposition import Decomposition, allow_torch_load
+from svdharm_cli.core.methods import DEFAULT_HIGH, DEFAULT_LOW
 
 __all__ = [
     "RandSVDDeharmonize",

@@ -46,9 +46,9 @@ from torchio.transforms.augmentation import RandomTransform
 from torchio.transforms.intensity_transform import IntensityTransform
 
 from svdharm_cli import transforms as core
-from svdharm_cli.bands import DEFAULT_FRACTIONS, validate_fractions
-from svdharm_cli.decomposition import Decomposition, allow_torch_load
-from svdharm_cli.methods import DEFAULT_HIGH, DEFAULT_LOW
+from svdharm_cli.core.bands import DEFAULT_FRACTIONS, validate_fractions
+from svdharm_cli.core.decomposition import Decomposition, allow_torch_load
+from svdharm_cli.core.methods import DEFAULT_HIGH, DEFAULT_LOW
 
 __all__ = [
     "DECOMPOSITIONS",

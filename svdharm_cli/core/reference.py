@@ -1,0 +1,489 @@
+"""The reference: target statistics per unit and channel count (METHOD.md sections 1 and 3).
+
+A reference is fitted once, from one image or a cohort, and stored as JSON, never pickle.
+A cohort may mix kinds of images: its images are grouped by (unit, channel count) and each
+group gives one *entry*, whose statistics are the plain average over the group's images (a
+volume counts as one image, with its slices pooled)::
+
+    {
+      "format": "svdharm-reference",
+      "format_version": 2,
+      "tool_version": "0.2.0",
+      "fractions": [0.07, 0.2, 0.5],
+      "components": ["base", "band1", "band2", "band3"],
+      "mask": "none",
+      "entries": [
+        {"unit": "normalized", "channels": 1, "images": 12,
+         "mean": [[...4 numbers...]], "std": [[...4 numbers...]]},
+        {"unit": "HU", "channels": 1, "images": 3, "mean": [[...]], "std": [[...]]}
+      ],
+      "sources": [{"path": "...", "sha256": "...", "shape": [h, w], "unit": "normalized",
+                   "channels": 1}]
+    }
+
+``mean`` and ``std`` have one row per channel and are in the entry's unit: ``normalized``
+(a reference fitted on 8-bit PNGs harmonizes 16-bit data and the other way round), ``HU``
+(CT) or ``raw`` (NIfTI). An input is harmonized with the entry of its own unit and channel
+count only. Version-1 files (one set of statistics, normalized) are read as one entry.
+:meth:`Reference.from_json` checks every field and names the one that is wrong.
+
+Sharing between institutions
+----------------------------
+A reference holds statistics only, so sites can exchange it instead of images. Two things
+serve that: sources without paths (``fit-reference --no-paths``: a source is then its
+SHA-256, shape, unit and channel count, since hospital paths often carry names or record
+numbers), and :meth:`Reference.merge`, exact because an entry is the plain average of its
+images' statistics: the image-count-weighted average of the sites' entries is the entry a
+fit on the union of their images gives. A merged reference records ``merged``: each merged
+reference's SHA-256 and its entries' image counts, never a path. Such files are written as
+format version 3 (path-less sources and ``merged`` are what version 2 readers would refuse);
+every other reference stays version 2.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from svdharm_cli import __version__
+from svdharm_cli.core.bands import validate_fractions
+from svdharm_cli.core.masks import MaskMode
+from svdharm_cli.errors import ReferenceFileError
+
+FORMAT_NAME = "svdharm-reference"
+FORMAT_VERSION = 2
+SHARED_VERSION = 3
+"""The version of references with path-less sources or a ``merged`` record."""
+READABLE_VERSIONS = (1, 2, 3)
+UNITS = ("normalized", "HU", "raw")
+MASKS = tuple(mode.value for mode in MaskMode)
+"""How a reference's statistics were masked (DICOM padding is always left out)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One image (or volume) a reference was fitted from; ``path`` is None when the
+    reference was fitted with ``--no-paths`` or merged."""
+
+    path: str | None
+    sha256: str
+    shape: tuple[int, ...]
+    unit: str = "normalized"
+    channels: int = 1
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Target statistics for one (unit, channel count): ``(channels, n_components)`` each,
+    float64, in ``unit``; ``images`` is how many images (or volumes) were averaged."""
+
+    unit: str
+    channels: int
+    mean: np.ndarray
+    std: np.ndarray
+    images: int = 1
+
+    @property
+    def kind(self) -> str:
+        return describe_kind(self.unit, self.channels)
+
+
+def describe_kind(unit: str, channels: int) -> str:
+    """``"gray (1 channel) in normalized units"``, ...: how messages name a kind of image."""
+    colour = {1: "gray (1 channel)", 3: "RGB (3 channels)"}.get(channels, f"{channels} channels")
+    return f"{colour} in {unit} units"
+
+
+@dataclass(frozen=True)
+class Merged:
+    """One reference that went into a merge: its file's SHA-256 and, per entry, the unit,
+    channel count and number of images."""
+
+    sha256: str
+    entries: tuple[tuple[str, int, int], ...]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Target statistics per (unit, channel count), for one set of band fractions."""
+
+    fractions: tuple[float, ...]
+    entries: tuple[Entry, ...]
+    sources: tuple[Source, ...] = ()
+    tool_version: str = __version__
+    mask: str = "none"
+    merged: tuple[Merged, ...] = ()
+
+    def __repr__(self) -> str:
+        entries = ", ".join(f"{e.kind}: {e.images} image(s)" for e in self.entries)
+        return f"Reference(fractions={list(self.fractions)}, mask={self.mask!r}, [{entries}])"
+
+    def without_paths(self) -> Reference:
+        """The same reference, its sources recorded by SHA-256, shape, unit and channels."""
+        sources = tuple(replace(source, path=None) for source in self.sources)
+        return replace(self, sources=sources)
+
+    @classmethod
+    def merge(cls, references: Sequence[Reference], digests: Sequence[str]) -> Reference:
+        """One reference from several fitted on disjoint cohorts (``digests``: each file's
+        SHA-256): every (unit, channel count) entry is the image-count-weighted average of
+        the entries of that kind, which is what fitting on the union of the cohorts gives
+        (an entry is the plain average of its images' statistics). Sources are kept without
+        paths; the result records each merged reference in ``merged``.
+
+        Raises
+        ------
+        ValueError
+            When the references' fractions or masks differ (the message names the values),
+            or an entry to be weighted records no images.
+        """
+        if not references:
+            raise ValueError("nothing to merge")
+        first = references[0]
+        for ref in references[1:]:
+            if ref.fractions != first.fractions:
+                raise ValueError(
+                    f"fractions differ: {list(first.fractions)} and {list(ref.fractions)}"
+                )
+            if ref.mask != first.mask:
+                raise ValueError(f"mask modes differ: {first.mask!r} and {ref.mask!r}")
+        groups: dict[tuple[str, int], list[Entry]] = {}
+        for ref in references:
+            for e in ref.entries:
+                groups.setdefault((e.unit, e.channels), []).append(e)
+        entries = []
+        for (unit, channels), same in sorted(groups.items(), key=_entry_order):
+            counts = np.array([e.images for e in same], dtype=np.float64)
+            if len(same) > 1 and (counts <= 0).any():
+                raise ValueError(
+                    f"an entry for {describe_kind(unit, channels)} records no image count, "
+                    "so it cannot be weighted"
+                )
+            weights = counts / counts.sum() if counts.sum() > 0 else np.ones(1)
+            mean = np.einsum("k,kcn->cn", weights, np.stack([e.mean for e in same]))
+            std = np.einsum("k,kcn->cn", weights, np.stack([e.std for e in same]))
+            entries.append(Entry(unit, channels, mean, std, int(counts.sum())))
+        sources = tuple(replace(s, path=None) for ref in references for s in ref.sources)
+        merged = tuple(
+            Merged(digest, tuple((e.unit, e.channels, e.images) for e in ref.entries))
+            for ref, digest in zip(references, digests)
+        )
+        return cls(first.fractions, tuple(entries), sources, mask=first.mask, merged=merged)
+
+    @property
+    def n_components(self) -> int:
+        return len(self.fractions) + 1
+
+    def entry(self, unit: str, channels: int) -> Entry | None:
+        """The entry for images of ``unit`` with ``channels`` channels, if there is one."""
+        for e in self.entries:
+            if e.unit == unit and e.channels == channels:
+                return e
+        return None
+
+    def kinds(self) -> str:
+        """The kinds of image this reference harmonizes, for messages."""
+        return "; ".join(e.kind for e in self.entries)
+
+    @classmethod
+    def fit(
+        cls,
+        stats: Sequence[tuple[str, np.ndarray, np.ndarray]],
+        fractions: Sequence[float],
+        sources: Sequence[Source] = (),
+        mask: str = "none",
+    ) -> Reference:
+        """Average per-image ``(unit, mean, std)`` statistics (``(channels, n_components)``
+        arrays) within each (unit, channel count) group.
+
+        Raises
+        ------
+        ValueError
+            When there are no images, or an image's arrays do not fit the fractions.
+        """
+        if not stats:
+            raise ValueError("a reference needs at least one image")
+        fr = validate_fractions(fractions)
+        groups: dict[tuple[str, int], list[tuple[np.ndarray, np.ndarray]]] = {}
+        for unit, mean, std in stats:
+            if mean.shape != std.shape or mean.ndim != 2 or mean.shape[1] != len(fr) + 1:
+                raise ValueError(f"statistics of shape {mean.shape} do not fit {len(fr)} cuts")
+            groups.setdefault((unit, mean.shape[0]), []).append((mean, std))
+        entries = tuple(
+            Entry(
+                unit,
+                channels,
+                np.mean([m for m, _ in items], axis=0),
+                np.mean([s for _, s in items], axis=0),
+                len(items),
+            )
+            for (unit, channels), items in sorted(groups.items(), key=_entry_order)
+        )
+        return cls(fr, entries, tuple(sources), mask=mask)
+
+    def to_dict(self) -> dict[str, Any]:
+        n = self.n_components
+        shared = bool(self.merged) or any(s.path is None for s in self.sources)
+        data: dict[str, Any] = {
+            "format": FORMAT_NAME,
+            "format_version": SHARED_VERSION if shared else FORMAT_VERSION,
+            "tool_version": self.tool_version,
+            "fractions": list(self.fractions),
+            "components": ["base"] + [f"band{i}" for i in range(1, n)],
+            "mask": self.mask,
+            "entries": [
+                {
+                    "unit": e.unit,
+                    "channels": e.channels,
+                    "images": e.images,
+                    "mean": e.mean.tolist(),
+                    "std": e.std.tolist(),
+                }
+                for e in self.entries
+            ],
+            "sources": [
+                {
+                    **({} if s.path is None else {"path": s.path}),
+                    "sha256": s.sha256,
+                    "shape": list(s.shape),
+                    "unit": s.unit,
+                    "channels": s.channels,
+                }
+                for s in self.sources
+            ],
+        }
+        if self.merged:
+            data["merged"] = [
+                {
+                    "sha256": m.sha256,
+                    "entries": [
+                        {"unit": unit, "channels": channels, "images": images}
+                        for unit, channels, images in m.entries
+                    ],
+                }
+                for m in self.merged
+            ]
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> Reference:
+        """A reference JSON file (what ``fit-reference`` writes), validated;
+        :class:`ReferenceFileError` says what is wrong with it."""
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_FILE_BYTES + 1)
+            if len(raw) > MAX_FILE_BYTES:
+                raise ReferenceFileError(
+                    f"reference {path}: the file is larger than {MAX_FILE_BYTES // 2**20} MiB, "
+                    "more than any reference holds (its sources list grows by about 200 bytes "
+                    "an image); is it a reference?"
+                )
+            text = raw.decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ReferenceFileError(f"reference {path}: cannot read: {exc}") from exc
+        return cls.from_json(text, origin=str(path))
+
+    @classmethod
+    def from_json(cls, text: str, origin: str = "reference") -> Reference:
+        """Parse and validate; :class:`ReferenceFileError` names the field that is wrong."""
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ReferenceFileError(f"{origin}: not valid JSON ({exc})") from exc
+        except RecursionError as exc:
+            raise ReferenceFileError(
+                f"{origin}: the JSON is nested more deeply than Python can read (a reference "
+                f"nests {MAX_DEPTH} levels at most)"
+            ) from exc
+        depth = _depth(data)
+        if depth > MAX_DEPTH:
+            raise ReferenceFileError(
+                f"{origin}: the JSON is nested more than {MAX_DEPTH} levels deep, deeper "
+                "than any reference"
+            )
+        return cls.from_dict(data, origin)
+
+    @classmethod
+    def from_dict(cls, data: Any, origin: str = "reference") -> Reference:
+        def bad(field: str, why: str) -> ReferenceFileError:
+            return ReferenceFileError(f"{origin}: field {field!r} {why}")
+
+        if not isinstance(data, dict):
+            raise ReferenceFileError(f"{origin}: a reference must be a JSON object")
+        if data.get("format") != FORMAT_NAME:
+            raise bad("format", f"must be {FORMAT_NAME!r}")
+        version = data.get("format_version")
+        if version not in READABLE_VERSIONS:
+            raise bad(
+                "format_version",
+                f"is {version!r}; this svdharm reads versions {list(READABLE_VERSIONS)}",
+            )
+        raw_fractions = data.get("fractions")
+        if not isinstance(raw_fractions, list) or not all(_is_number(f) for f in raw_fractions):
+            raise bad("fractions", "must be a list of numbers")
+        try:
+            fractions = validate_fractions(raw_fractions)
+        except ValueError as exc:
+            raise bad("fractions", f"is invalid: {exc}") from exc
+        n = len(fractions) + 1
+        raw_entries: Any
+        if version == 1:
+            raw_entries = [{**data, "unit": "normalized", "images": len(data.get("sources", []))}]
+        else:
+            raw_entries = data.get("entries")
+            if not isinstance(raw_entries, list) or not raw_entries:
+                raise bad("entries", "must be a non-empty list")
+        entries: list[Entry] = []
+        for i, raw in enumerate(raw_entries):
+            where = "" if version == 1 else f"entries[{i}]."
+            if not isinstance(raw, dict):
+                raise bad(f"entries[{i}]", "must be an object")
+            unit = raw.get("unit")
+            if unit not in UNITS:
+                raise bad(f"{where}unit", f"must be one of {list(UNITS)}")
+            channels = raw.get("channels")
+            if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+                raise bad(f"{where}channels", "must be a positive integer")
+            arrays = {}
+            for name in ("mean", "std"):
+                value = raw.get(name)
+                if not _is_matrix(value, (channels, n)):
+                    raise bad(f"{where}{name}", f"must be {_rows(channels)} of {n} finite numbers")
+                arrays[name] = np.asarray(value, dtype=np.float64)
+            if (arrays["std"] < 0).any():
+                raise bad(f"{where}std", "must not hold negative values")
+            limit = MAGNITUDE_LIMITS[unit]
+            for name, values in arrays.items():
+                if (np.abs(values) > limit).any():
+                    worst = float(np.abs(values).max())
+                    raise bad(
+                        f"{where}{name}",
+                        f"holds {worst:.6g}, beyond what any image in {unit} units can have "
+                        f"(at most {limit:g} in magnitude)",
+                    )
+            if any(e.unit == unit and e.channels == channels for e in entries):
+                raise bad(f"{where}unit", f"repeats the entry for {describe_kind(unit, channels)}")
+            images = raw.get("images", 1)
+            images = images if isinstance(images, int) and images >= 0 else 1
+            entries.append(Entry(unit, channels, arrays["mean"], arrays["std"], images))
+        sources = _sources(data.get("sources", []), version, bad)
+        tool_version = data.get("tool_version", "unknown")
+        mask = data.get("mask", "none")
+        if mask not in MASKS:
+            raise bad("mask", f"must be one of {list(MASKS)}")
+        merged = _merged(data.get("merged", []), bad)
+        return cls(fractions, tuple(entries), sources, str(tool_version), mask, merged)
+
+
+def _sources(raw_sources: Any, version: int, bad: Any) -> tuple[Source, ...]:
+    """The ``sources`` of a reference, checked (a shared reference's have no path)."""
+    sources = []
+    if not isinstance(raw_sources, list):
+        raise bad("sources", "must be a list")
+    for i, src in enumerate(raw_sources):
+        if not (
+            isinstance(src, dict)
+            and isinstance(src.get("path", ""), str)
+            and (version == SHARED_VERSION or "path" in src)
+            and isinstance(src.get("sha256"), str)
+            and isinstance(src.get("shape"), list)
+            and all(isinstance(k, int) for k in src["shape"])
+        ):
+            raise bad(f"sources[{i}]", "must have a string path and sha256 and a shape list")
+        unit = src.get("unit", "normalized")
+        channels = src.get("channels", 1)
+        sources.append(
+            Source(
+                src.get("path"),
+                src["sha256"],
+                tuple(src["shape"]),
+                unit if isinstance(unit, str) else "normalized",
+                channels if isinstance(channels, int) else 1,
+            )
+        )
+    return tuple(sources)
+
+
+def _merged(raw: Any, bad: Any) -> tuple[Merged, ...]:
+    """The ``merged`` record of a merged reference, checked."""
+    if not isinstance(raw, list):
+        raise bad("merged", "must be a list")
+    found = []
+    for i, item in enumerate(raw):
+        entries = item.get("entries") if isinstance(item, dict) else None
+        if not isinstance(item, dict) or not isinstance(item.get("sha256"), str):
+            raise bad(f"merged[{i}]", "must be an object with a string sha256")
+        if not isinstance(entries, list) or not all(
+            isinstance(e, dict)
+            and e.get("unit") in UNITS
+            and isinstance(e.get("channels"), int)
+            and isinstance(e.get("images"), int)
+            for e in entries
+        ):
+            raise bad(f"merged[{i}].entries", "must list unit, channels and images")
+        kinds = tuple((e["unit"], e["channels"], e["images"]) for e in entries)
+        found.append(Merged(item["sha256"], kinds))
+    return tuple(found)
+
+
+def _entry_order(item: tuple[tuple[str, int], Any]) -> tuple[int, int]:
+    (unit, channels), _ = item
+    return UNITS.index(unit) if unit in UNITS else len(UNITS), channels
+
+
+def _rows(count: int) -> str:
+    return "1 row" if count == 1 else f"{count} rows"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+MAX_FILE_BYTES = 256 * 2**20
+"""The largest reference file read (a merged reference of a million images is about 200 MiB)."""
+
+MAX_DEPTH = 16
+"""How deeply a reference's JSON may nest (what fit-reference and merge-references write nests 6
+to 7 levels: the object, a list, an entry, a matrix, a row, a number)."""
+
+MAGNITUDE_LIMITS = {"normalized": 16.0, "HU": 1e6, "raw": float(np.finfo(np.float32).max)}
+"""The largest mean or std magnitude a reference entry may hold, per unit. In normalized
+units a component's mean and std over a whole image are at most 1 (its values are an
+orthogonal part of an image in [0, 1]); a mask can raise them over its pixels, so 16 leaves
+ample room. HU: CT spans about -1,024 to 3,071 HU, 30,000 in the widest 16-bit rescale.
+Raw: the largest float32 value (what NIfTI stores)."""
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` (parsed JSON) nests, a scalar being 1 level and ``[[1]]`` 3;
+    counted without recursion, and only up to one level past :data:`MAX_DEPTH`."""
+    stack = [(value, 1)]
+    deepest = 1
+    while stack and deepest <= MAX_DEPTH:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
+def _is_matrix(value: Any, shape: tuple[int, int]) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == shape[0]
+        and all(
+            isinstance(row, list) and len(row) == shape[1] and all(_is_number(v) for v in row)
+            for row in value
+        )
+    )

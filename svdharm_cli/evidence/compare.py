@@ -1,0 +1,253 @@
+"""Site comparison: can the groups (sites, scanners) still be told apart?
+
+Each group is a folder. Every image (or volume: a DICOM series, a NIfTI file, a TIFF stack)
+becomes one sample with two kinds of features, both over its (masked) pixels:
+
+- its band statistics: each component's mean and population std per channel (pooled over a
+  volume's slices, METHOD.md section 3a), the quantities harmonization matches;
+- its intensity percentiles (1, 5, 25, 50, 75, 95, 99 per channel), which harmonization
+  does not match by construction, so the score measures more than the method's own target.
+
+Reported:
+
+- **separability**: the cross-validated accuracy of a classifier that predicts the group from
+  the features (scikit-learn: standardized features, logistic regression, stratified k-fold
+  with a fixed seed), beside chance (the largest group's share). Near 1: the sites differ
+  in ways a model can learn; near chance: they don't. Run it on inputs and on harmonized
+  outputs: the drop is the evidence that harmonization helped.
+- **Wasserstein distances** between the groups' pooled intensity distributions (a seeded
+  sample of each image's masked pixels; scipy.stats), per pair, averaged over channels, in
+  the images' unit.
+- each group's distribution of per-image means and stds per component (plots).
+
+Only images of one kind (unit and channel count) are compared: the kind most samples have;
+others are reported and left out.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from svdharm_cli import __version__
+from svdharm_cli.core.device import CPU, Device
+from svdharm_cli.core.methods import Moments, decompose_channels, pool, slice_moments
+
+
+class Problem(Protocol):
+    """A file left out of the comparison, and why (the run's per-file result)."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def reason(self) -> str | None: ...
+
+
+PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
+PIXEL_SAMPLE = 20_000
+"""Pixels sampled per image (per channel) for the pooled intensity distributions."""
+PERCENTILE_SAMPLE = 200_000
+"""Pixels sampled per image (per channel) for its percentiles."""
+DEFAULT_FOLDS = 5
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image or volume: where it is, its kind and its features."""
+
+    group: int
+    path: str
+    unit: str
+    channels: int
+    means: np.ndarray
+    stds: np.ndarray
+    percentiles: np.ndarray
+    pixels: np.ndarray
+
+    @property
+    def features(self) -> np.ndarray:
+        return np.concatenate([self.means.ravel(), self.stds.ravel(), self.percentiles.ravel()])
+
+
+@dataclass
+class Comparison:
+    """Everything ``compare`` found; :meth:`to_dict` is the JSON result."""
+
+    groups: list[dict[str, Any]]
+    fractions: tuple[float, ...]
+    mask: str
+    unit: str
+    channels: int
+    samples: list[Sample]
+    separability: dict[str, Any]
+    wasserstein: list[dict[str, Any]]
+    problems: Sequence[Problem] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        n = len(self.fractions) + 1
+        return {
+            "format": "svdharm-compare",
+            "format_version": 1,
+            "tool_version": __version__,
+            "fractions": list(self.fractions),
+            "mask": self.mask,
+            "unit": self.unit,
+            "channels": self.channels,
+            "components": ["base"] + [f"band{i}" for i in range(1, n)],
+            "groups": self.groups,
+            "separability": self.separability,
+            "wasserstein": self.wasserstein,
+            "statistics": [
+                {
+                    "group": g["name"],
+                    "mean": [s.means.tolist() for s in self.samples if s.group == k],
+                    "std": [s.stds.tolist() for s in self.samples if s.group == k],
+                }
+                for k, g in enumerate(self.groups)
+            ],
+            "left_out": [
+                {"path": r.path, "status": r.status, "reason": r.reason} for r in self.problems
+            ],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def sample_from_arrays(
+    group: int,
+    path: str,
+    unit: str,
+    frames: np.ndarray,
+    masks: np.ndarray | None,
+    fractions: Sequence[float],
+    rng: np.random.Generator,
+) -> Sample:
+    """The features of a volume given as arrays: ``frames`` ``(f, c, h, w)`` and optional
+    bool ``masks`` ``(f, h, w)`` (for benchmarks that build their images in memory)."""
+    moments, values = slice_features(
+        ((frame, None if masks is None else masks[f]) for f, frame in enumerate(frames)),
+        fractions,
+        frames.shape[1],
+    )
+    return sample_from_moments(group, path, unit, moments, values, rng)
+
+
+def slice_features(
+    slices: Iterable[tuple[np.ndarray, np.ndarray | None]],
+    fractions: Sequence[float],
+    channels: int,
+    device: Device = CPU,
+) -> tuple[list[Moments], list[list[np.ndarray]]]:
+    """Each slice's moments (computed on ``device``), and each channel's pixel values
+    inside the slice's mask."""
+    moments = []
+    values: list[list[np.ndarray]] = [[] for _ in range(channels)]
+    for frame, plane in slices:
+        bands = decompose_channels(device.put(frame), fractions, device.put(plane))
+        moments.append(slice_moments(bands))
+        for c, channel in enumerate(frame):
+            values[c].append(channel[plane] if plane is not None else channel.ravel())
+    return moments, values
+
+
+def sample_from_moments(
+    group: int,
+    path: str,
+    unit: str,
+    moments: Sequence[Moments],
+    values: list[list[np.ndarray]],
+    rng: np.random.Generator,
+) -> Sample:
+    """A sample from its slices' moments and each channel's (masked) pixel values."""
+    pooled = pool(moments)
+    percentiles, pixels = [], []
+    for per_channel in values:
+        flat = np.concatenate(per_channel) if per_channel else np.zeros(1)
+        if flat.size == 0:
+            flat = np.zeros(1)
+        percentiles.append(np.percentile(_subsample(flat, PERCENTILE_SAMPLE, rng), PERCENTILES))
+        pixels.append(_subsample(flat, PIXEL_SAMPLE, rng))
+    return Sample(
+        group=group,
+        path=path,
+        unit=unit,
+        channels=len(values),
+        means=pooled.means,
+        stds=pooled.stds,
+        percentiles=np.asarray(percentiles),
+        pixels=np.stack([_pad(p, PIXEL_SAMPLE, rng) for p in pixels]),
+    )
+
+
+def _subsample(values: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    if values.size <= size:
+        return values
+    return values[rng.choice(values.size, size, replace=False)]
+
+
+def _pad(values: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Exactly ``size`` values (resampled with replacement when there are fewer), so that
+    every image weighs the same in its group's pooled distribution."""
+    if values.size == size:
+        return values
+    return values[rng.integers(0, values.size, size)]
+
+
+def separability(samples: Sequence[Sample], groups: int, folds: int, seed: int) -> dict[str, Any]:
+    """Cross-validated accuracy of predicting the group from the features, and chance."""
+    labels = np.array([s.group for s in samples])
+    counts = np.bincount(labels, minlength=groups)
+    chance = float(counts.max() / counts.sum())
+    result: dict[str, Any] = {"accuracy": None, "chance": chance, "folds": 0, "fold_accuracy": []}
+    present = counts[counts > 0]
+    k = int(min(folds, present.min())) if present.size else 0
+    if present.size < 2 or k < 2:
+        result["reason"] = "each of at least two groups needs two or more images"
+        return result
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    features = np.stack([s.features for s in samples])
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        scores = cross_val_score(
+            model, features, labels, cv=StratifiedKFold(k, shuffle=True, random_state=seed)
+        )
+    result.update(
+        accuracy=float(scores.mean()),
+        folds=k,
+        fold_accuracy=[float(s) for s in scores],
+        features=int(features.shape[1]),
+        classifier="standardized features, logistic regression (scikit-learn)",
+    )
+    return result
+
+
+def distances(samples: Sequence[Sample], names: Sequence[str]) -> list[dict[str, Any]]:
+    """Wasserstein distance between each pair of groups' pooled intensity distributions."""
+    from scipy.stats import wasserstein_distance
+
+    pooled = {}
+    for k in range(len(names)):
+        members = [s.pixels for s in samples if s.group == k]
+        if members:
+            pooled[k] = np.concatenate(members, axis=1)
+    out = []
+    keys = sorted(pooled)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1 :]:
+            per_channel = [
+                wasserstein_distance(pooled[a][c], pooled[b][c]) for c in range(pooled[a].shape[0])
+            ]
+            out.append({"a": names[a], "b": names[b], "distance": float(np.mean(per_channel))})
+    return out

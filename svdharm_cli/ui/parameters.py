@@ -1,0 +1,210 @@
+"""The parameters the commands share, declared once as ``Annotated`` Typer types, and
+their conversion into the option values of :mod:`svdharm_cli.run.options`."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+if TYPE_CHECKING:
+    from svdharm_cli.core.masks import MaskMode
+    from svdharm_cli.run.options import ReadOptions, WalkOptions, WorkerOptions
+
+
+def fractions_option(value: Optional[str]) -> Optional[tuple[float, ...]]:
+    if value is None:
+        return None
+    from svdharm_cli.core.bands import validate_fractions
+
+    try:
+        return validate_fractions(float(v) for v in value.split(",") if v.strip())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+FRACTIONS_HELP = "Increasing band cuts as fractions of the singular values, e.g. 0.07,0.2,0.5."
+Fractions = Annotated[
+    Optional[str],
+    typer.Option(
+        help=FRACTIONS_HELP + " With a JSON reference, the reference's own are used.",
+        show_default="0.07,0.2,0.5",
+    ),
+]
+BandFractions = Annotated[
+    Optional[str], typer.Option("--fractions", help=FRACTIONS_HELP, show_default="0.07,0.2,0.5")
+]
+Workers = Annotated[
+    Optional[int],
+    typer.Option(
+        min=1,
+        help="Worker processes of the local pool, at most: a short batch (under a second of "
+        "work) runs in this process alone. With --scheduler, the cluster's workers run.",
+        show_default="the CPUs this process may use",
+    ),
+]
+Scheduler = Annotated[
+    Optional[str],
+    typer.Option(
+        envvar="DASK_SCHEDULER_ADDRESS",
+        help="Run on the Dask cluster whose scheduler is at this address (tcp://host:8786); "
+        "needs svdharm\\[dask] and IN/OUT at the same paths on every worker.",
+        show_default="the local pool",
+    ),
+]
+SchedulerFile = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="Run on the Dask cluster named in this file (dask scheduler --scheduler-file).",
+        show_default="none",
+    ),
+]
+DeviceOption = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="Where the numbers are computed: cpu (NumPy), or cuda / cuda:N (a GPU, through "
+        "PyTorch; needs svdharm\\[torch] with a CUDA build). Files are read and written on "
+        "the CPU either way.",
+    ),
+]
+Log = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="Where to write the JSON run log.", show_default="a new timestamped file in OUT"
+    ),
+]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Print only failures and errors (for cron).")
+]
+Include = Annotated[
+    Optional[list[str]],
+    typer.Option(help="Only inputs whose relative path matches this glob (repeatable)."),
+]
+Exclude = Annotated[
+    Optional[list[str]],
+    typer.Option(help="Skip inputs whose relative path matches this glob (repeatable)."),
+]
+PngCompression = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        max=9,
+        help="zlib level of PNG outputs (4: files within 1% of level 6's, written 2-4x faster).",
+    ),
+]
+JpegQuality = Annotated[int, typer.Option(min=1, max=100, help="Quality of JPEG outputs.")]
+SkipExisting = Annotated[
+    bool,
+    typer.Option(
+        help="Skip inputs whose outputs this command would make again identically: a record "
+        "in OUT says they were made from the same input (size and time, else SHA-256), "
+        "series members, reference, parameters and svdharm version; others are made again, "
+        "the log says why. Finishes an interrupted run as if it had not been interrupted."
+    ),
+]
+Settle = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        help="Leave for the next run any input modified less than this many seconds ago "
+        "(a DICOM series while any file of its folder is): files still being copied in. "
+        "For cron over folders that receive copies; 0 takes every file as it is.",
+    ),
+]
+IncludeHidden = Annotated[
+    bool, typer.Option(help="Also process hidden files and folders (names starting with '.').")
+]
+Report = Annotated[bool, typer.Option(help="Also write the HTML QA report next to the log.")]
+MaxPixels = Annotated[
+    int, typer.Option(min=1, help="Refuse images with more pixels than this (before decoding).")
+]
+PerSlice = Annotated[
+    bool,
+    typer.Option(
+        help="Statistics of each slice on its own instead of pooled over its volume (a DICOM "
+        "series, multi-frame DICOM, NIfTI volume or TIFF stack)."
+    ),
+]
+SliceAxis = Annotated[
+    int,
+    typer.Option(min=0, max=2, help="Voxel axis NIfTI volumes are cut into slices along."),
+]
+
+
+class MaskChoice(str, Enum):
+    """Which pixels the statistics are taken over (METHOD.md section 3b)."""
+
+    NONE = "none"
+    AUTO = "auto"
+
+
+Mask = Annotated[
+    MaskChoice,
+    typer.Option(
+        help="Statistics over every pixel (none, the paper's), or over the foreground with "
+        "empty border-connected background left out and written back unchanged (auto: "
+        "for framings that differ between sites, such as fundus surrounds or air around "
+        "a body). DICOM Pixel Padding is always left out.",
+        case_sensitive=False,
+    ),
+]
+MaskDir = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="Take masks from files mirroring the input tree (same relative path; PNG, TIFF, "
+        "NIfTI or DICOM; nonzero = foreground) instead.",
+        file_okay=False,
+    ),
+]
+In = Annotated[
+    Path, typer.Argument(metavar="IN", help="Input image, or folder walked recursively.")
+]
+Out = Annotated[Path, typer.Argument(metavar="OUT", help="Output folder; mirrors the input tree.")]
+
+
+def mask_mode(mask: MaskChoice, mask_dir: Optional[Path]) -> MaskMode:
+    """``none``, ``auto`` or ``dir``; ``--mask auto`` with ``--mask-dir`` is a usage error."""
+    from svdharm_cli.core.masks import MaskMode
+
+    if mask_dir is None:
+        return MaskMode(mask.value)
+    if mask is MaskChoice.AUTO:
+        raise typer.BadParameter("use either --mask auto or --mask-dir", param_hint="--mask")
+    if not mask_dir.is_dir():
+        raise typer.BadParameter(f"{mask_dir} is not a folder", param_hint="--mask-dir")
+    return MaskMode.DIR
+
+
+def read_options(
+    max_pixels: int, per_slice: bool, slice_axis: int, mask: MaskChoice, mask_dir: Optional[Path]
+) -> ReadOptions:
+    from svdharm_cli.run.options import ReadOptions
+
+    return ReadOptions(max_pixels, per_slice, slice_axis, mask_mode(mask, mask_dir), mask_dir)
+
+
+def walk_options(
+    include: Optional[list[str]],
+    exclude: Optional[list[str]],
+    include_hidden: bool = False,
+    skip_existing: bool = False,
+    settle: float = 0.0,
+) -> WalkOptions:
+    from svdharm_cli.run.options import WalkOptions
+
+    return WalkOptions(
+        tuple(include or ()), tuple(exclude or ()), include_hidden, skip_existing, settle
+    )
+
+
+def worker_options(
+    workers: Optional[int], scheduler: Optional[str], scheduler_file: Optional[Path], device: str
+) -> WorkerOptions:
+    """Where the work runs; ``workers`` defaults to the CPUs this process may use."""
+    from svdharm_cli.run.executors import available_cpus
+    from svdharm_cli.run.options import WorkerOptions
+
+    return WorkerOptions(workers or available_cpus(), scheduler, scheduler_file, device)

@@ -1,0 +1,1 @@
+"""Tests of svdharm_cli.ui."""
