@@ -104,8 +104,10 @@ def gray_tree(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def gray_reference(tmp_path: Path) -> Path:
+@pytest.fixture(scope="session")
+def gray_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A gray reference fitted once per session (tests read it, none changes it)."""
+    tmp_path = tmp_path_factory.mktemp("gray_reference")
     refs = tmp_path / "refs"
     save(refs / "r1.png", textured(60, 60, seed=10) * 0.7 + 0.2)
     save(refs / "r2.png", textured(44, 52, seed=11) * 0.6 + 0.25)

@@ -65,14 +65,13 @@ def check_roots(inp: Path, out: Path) -> None:
 
 
 @dataclass(frozen=True)
-class Found:
-    """What a walk found: the root, the images (relative POSIX paths, sorted), the files
-    no format takes (ignored; named in the run log and counted in the summary), which
-    images are DICOM (None when not walked: a single file given directly), the folders
+class Folder:
+    """What one folder of a walk holds: its images and the files no format takes (ignored;
+    named in the run log and counted in the summary), relative POSIX paths, sorted; which
+    images are DICOM (None when not sniffed: a single file given directly); the folders
     that could not be listed (``(relative path/, reason)``: failures) and what was left out
     for what it is (notes: FIFOs, sockets, devices, another run's output folder)."""
 
-    root: Path
     images: list[str]
     ignored: list[str]
     dicom: frozenset[str] | None = None
@@ -81,16 +80,10 @@ class Found:
 
 
 @dataclass(frozen=True)
-class Folder:
-    """What one folder of a walk holds: its images and ignored files (relative POSIX paths,
-    sorted), which images are DICOM (None when not sniffed: a single file given), and, as
-    in :class:`Found`, the folders that could not be listed and the notes."""
+class Found(Folder):
+    """What a whole walk found (every folder's :class:`Folder` together), under ``root``."""
 
-    images: list[str]
-    ignored: list[str]
-    dicom: frozenset[str] | None = None
-    unlisted: list[tuple[str, str]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    root: Path = field(kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -298,7 +291,7 @@ def discover(
     (:func:`walk`'s folders gathered; for trees of a size that fits in memory)."""
     root = inp.parent if inp.is_file() else inp
     if inp.is_file():
-        return Found(root, [inp.name], [])
+        return Found([inp.name], [], root=root)
     found: list[str] = []
     ignored: list[str] = []
     dicom: set[str] = set()
@@ -312,7 +305,7 @@ def discover(
         dicom.update(folder.dicom or ())
         unlisted.extend(folder.unlisted)
         notes.extend(folder.notes)
-    return Found(root, sorted(found), sorted(ignored), frozenset(dicom), unlisted, notes)
+    return Found(sorted(found), sorted(ignored), frozenset(dicom), unlisted, notes, root=root)
 
 
 def plan_inputs(

@@ -1,9 +1,10 @@
 """File formats behind one small interface.
 
 Each format module provides a :class:`FormatHandler`: ``can_read(path, head)`` says whether
-it takes a file (by name or by its first bytes), ``read(path, max_pixels, check)`` returns an
-:class:`Image` whose values are in its working unit (METHOD.md section 1), and
-``write(image, frames, path, options, context)`` writes new values back in the input's
+it takes a file (by name or by its first bytes), ``read(path, how)`` returns an
+:class:`Image` whose values are in its working unit (METHOD.md section 1), read as a
+:class:`Reading` says (pixel limit, header check, slice axis), and
+``write(images, frames, paths, options, context)`` writes new values back in the input's
 format, bit depth, frame count and channel layout, saturating them to what the file can
 store. Formats never do the method's math; the method never opens a file. Adding a format is
 adding a module and listing its handler in ``_handlers``.
@@ -16,7 +17,7 @@ Units
 - ``raw``: floating-point NIfTI values as they are (after ``scl_slope``/``scl_inter``);
   such data has no nominal range, so nothing is saturated.
 
-Readers call ``check`` with an :class:`ImageInfo` taken from the header before any pixel is
+Readers call ``how.check`` with an :class:`ImageInfo` taken from the header before any pixel is
 decoded, so that a file that cannot match the reference is refused at once.
 
 The boundary with the reading libraries
@@ -141,6 +142,28 @@ def no_check(info: ImageInfo) -> None:
 
 
 @dataclass(frozen=True)
+class Reading:
+    """How a file is read.
+
+    Attributes
+    ----------
+    max_pixels
+        Readers refuse a file whose header declares more pixels (:func:`check_pixels`).
+    check
+        Called with the header's :class:`ImageInfo` before pixels are decoded.
+    slice_axis
+        The voxel axis a NIfTI volume is cut along (other formats ignore it).
+    """
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    check: Check = no_check
+    slice_axis: int = 2
+
+
+READ_ALL = Reading()
+
+
+@dataclass(frozen=True)
 class Image:
     """One decoded image, possibly of several frames.
 
@@ -219,18 +242,9 @@ class FormatHandler(Protocol):
         """Whether this handler takes ``path``; ``head`` is its first 132 bytes."""
         ...
 
-    def read(
-        self,
-        path: Path,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        check: Check = no_check,
-        slice_axis: int = 2,
-    ) -> Image:
-        """Decode ``path``; raise :class:`ImageError` (or :class:`SkipImage`) when it can't.
-
-        ``check`` is called with the header's :class:`ImageInfo` before pixels are decoded;
-        ``slice_axis`` is the voxel axis a NIfTI volume is cut along (other formats ignore it).
-        """
+    def read(self, path: Path, how: Reading = READ_ALL) -> Image:
+        """Decode ``path`` as ``how`` says (:class:`Reading`); raise :class:`ImageError` (or
+        :class:`SkipImage`) when it can't."""
         ...
 
     def write(
@@ -327,7 +341,7 @@ def read_image(
     if handler is None:
         raise ImageError(f"{path}: not a PNG, JPEG, TIFF, NIfTI or DICOM file")
     with reading(path, handler.name):
-        return handler.read(path, max_pixels, check, slice_axis)
+        return handler.read(path, Reading(max_pixels, check, slice_axis))
 
 
 @contextlib.contextmanager
@@ -438,7 +452,7 @@ def read_mask(path: Path, slice_axis: int = 2) -> np.ndarray:
             from svdharm_cli.files.formats.dicom import read_mask_values
 
             return read_mask_values(path)
-        image = handler.read(path, DEFAULT_MAX_PIXELS, no_check, slice_axis)
+        image = handler.read(path, Reading(slice_axis=slice_axis))
     values = image.frames
     if image.meta.get("photometric") == "MINISWHITE":
         values = 1.0 - values

@@ -82,18 +82,17 @@ import numpy as np
 
 from svdharm_cli.errors import ImageError, SkipImage, SvdharmError, exception_name
 from svdharm_cli.files.formats import (
-    DEFAULT_MAX_PIXELS,
     DICOM_MARKER,
     HEAD_BYTES,
     HU,
     NORMALIZED,
-    Check,
+    READ_ALL,
     Image,
     ImageInfo,
     OutputContext,
+    Reading,
     WriteOptions,
     check_pixels,
-    no_check,
 )
 from svdharm_cli.files.formats.dicom_derived import (  # noqa: F401 (IMPLEMENTATION_CLASS_UID: kept importable here)
     IMPLEMENTATION_CLASS_UID,
@@ -128,18 +127,12 @@ class _Dicom:
     def can_read(self, path: Path, head: bytes) -> bool:
         return path.suffix.lower() in SUFFIXES or head[128:132] == DICOM_MARKER
 
-    def read(
-        self,
-        path: Path,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        check: Check = no_check,
-        slice_axis: int = 2,
-    ) -> Image:
+    def read(self, path: Path, how: Reading = READ_ALL) -> Image:
         ds = _dataset(path)
         rows, cols, frames, samples = _geometry(path, ds)
-        check_pixels(path, cols, rows * frames, max_pixels)
+        check_pixels(path, cols, rows * frames, how.max_pixels)
         unit = unit_of(ds)
-        check(ImageInfo(samples, unit, frames))
+        how.check(ImageInfo(samples, unit, frames))
         # Uncompressed YBR_FULL_422 stores two samples per pixel (chroma shared by two).
         stored_samples = 2 if str(ds.PhotometricInterpretation) == "YBR_FULL_422" else samples
         _check_length(path, ds, rows * cols * frames * stored_samples)

@@ -28,15 +28,14 @@ import numpy as np
 
 from svdharm_cli.errors import ImageError, exception_name
 from svdharm_cli.files.formats import (
-    DEFAULT_MAX_PIXELS,
     RAW,
-    Check,
+    READ_ALL,
     FileByFile,
     Image,
     ImageInfo,
+    Reading,
     WriteOptions,
     check_pixels,
-    no_check,
     saturate,
 )
 
@@ -51,13 +50,7 @@ class _Nifti(FileByFile):
         name = path.name.lower()
         return name.endswith(self.suffixes)
 
-    def read(
-        self,
-        path: Path,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        check: Check = no_check,
-        slice_axis: int = 2,
-    ) -> Image:
+    def read(self, path: Path, how: Reading = READ_ALL) -> Image:
         import nibabel as nib
         from nibabel.filebasedimages import ImageFileError
 
@@ -81,12 +74,12 @@ class _Nifti(FileByFile):
             raise ImageError(f"{path}: NIfTI with {len(shape)} dimensions is not supported")
         if len(shape) == 2:
             shape = (*shape, 1)
-        axis = slice_axis if len(shape) >= 3 else 2
+        axis = how.slice_axis if len(shape) >= 3 else 2
         plane = [n for i, n in enumerate(shape[:3]) if i != axis]
         volumes = shape[3] if len(shape) == 4 else 1
         slices = shape[axis] * volumes
-        check_pixels(path, plane[1], plane[0] * slices, max_pixels)
-        check(ImageInfo(1, RAW, slices))
+        check_pixels(path, plane[1], plane[0] * slices, how.max_pixels)
+        how.check(ImageInfo(1, RAW, slices))
         proxy: Any = img.dataobj
         slope, inter = float(proxy.slope), float(proxy.inter)
         try:

@@ -28,16 +28,15 @@ import numpy as np
 
 from svdharm_cli.errors import ImageError, exception_name
 from svdharm_cli.files.formats import (
-    DEFAULT_MAX_PIXELS,
     NORMALIZED,
-    Check,
+    READ_ALL,
     FileByFile,
     Image,
     ImageInfo,
+    Reading,
     WriteOptions,
     check_pixels,
     denormalize,
-    no_check,
     normalize,
 )
 
@@ -75,13 +74,7 @@ class _PillowFormat(FileByFile):
     def can_read(self, path: Path, head: bytes) -> bool:
         return path.suffix.lower() in self.suffixes or head.startswith(self.signature)
 
-    def read(
-        self,
-        path: Path,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        check: Check = no_check,
-        slice_axis: int = 2,
-    ) -> Image:
+    def read(self, path: Path, how: Reading = READ_ALL) -> Image:
         try:
             f = open(path, "rb")  # noqa: SIM115 - closed below, whichever reader takes it
         except OSError as exc:
@@ -93,13 +86,13 @@ class _PillowFormat(FileByFile):
             f.seek(0)
             if self.name == "png":
                 width, height, depth, colour = _png_header(path, head)
-                check_pixels(path, width, height, max_pixels)
+                check_pixels(path, width, height, how.max_pixels)
                 if depth == 16 and colour in _PNG_CHANNELS and colour != 0:
-                    check(ImageInfo(_PNG_CHANNELS[colour], NORMALIZED, 1))
+                    how.check(ImageInfo(_PNG_CHANNELS[colour], NORMALIZED, 1))
                     return _read_pypng(path, f)
-            return self._read_pillow(path, f, max_pixels, check)
+            return self._read_pillow(path, f, how)
 
-    def _read_pillow(self, path: Path, f: Any, max_pixels: int, check: Check) -> Image:
+    def _read_pillow(self, path: Path, f: Any, how: Reading) -> Image:
         from PIL import Image as PILImage
 
         try:
@@ -108,12 +101,12 @@ class _PillowFormat(FileByFile):
                 with PILImage.open(f, formats=[self.name.upper()]) as im:
                     mode = im.mode
                     width, height = im.size
-                    check_pixels(path, int(width), int(height), max_pixels)
+                    check_pixels(path, int(width), int(height), how.max_pixels)
                     if mode in _REFUSED:
                         raise ImageError(f"{path}: {_REFUSED[mode]}")
                     if mode not in _MODES:
                         raise ImageError(f"{path}: unsupported image mode {mode!r}")
-                    check(ImageInfo(3 if mode.startswith("RGB") else 1, NORMALIZED, 1))
+                    how.check(ImageInfo(3 if mode.startswith("RGB") else 1, NORMALIZED, 1))
                     im.load()
                     meta = dict(im.info)
                     pixels = np.asarray(im)

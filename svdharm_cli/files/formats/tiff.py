@@ -23,16 +23,15 @@ import numpy as np
 
 from svdharm_cli.errors import ImageError, exception_name
 from svdharm_cli.files.formats import (
-    DEFAULT_MAX_PIXELS,
     NORMALIZED,
-    Check,
+    READ_ALL,
     FileByFile,
     Image,
     ImageInfo,
+    Reading,
     WriteOptions,
     check_pixels,
     denormalize,
-    no_check,
     normalize,
 )
 
@@ -48,13 +47,7 @@ class _Tiff(FileByFile):
     def can_read(self, path: Path, head: bytes) -> bool:
         return path.suffix.lower() in self.suffixes or head[:4] in SIGNATURES
 
-    def read(
-        self,
-        path: Path,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        check: Check = no_check,
-        slice_axis: int = 2,
-    ) -> Image:
+    def read(self, path: Path, how: Reading = READ_ALL) -> Image:
         import tifffile
 
         try:
@@ -69,8 +62,8 @@ class _Tiff(FileByFile):
                             "with thumbnails); only stacks of equal pages are supported"
                         )
                 (rows, cols, samples, dtype, photometric, extra) = layout
-                check_pixels(path, cols, rows * len(pages), max_pixels)
-                check(ImageInfo(_PHOTOMETRIC[photometric], NORMALIZED, len(pages)))
+                check_pixels(path, cols, rows * len(pages), how.max_pixels)
+                how.check(ImageInfo(_PHOTOMETRIC[photometric], NORMALIZED, len(pages)))
                 stack = np.stack([page.asarray() for page in pages])
                 meta = _kept_tags(first)
         except ImageError:
