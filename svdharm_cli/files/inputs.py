@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from svdharm_cli.core.masks import MaskMode
 from svdharm_cli.core.reference import Entry, Reference, describe_kind
 from svdharm_cli.errors import ImageError
 from svdharm_cli.files.formats import DEFAULT_MAX_PIXELS, Image, ImageInfo, read_image
@@ -68,7 +69,7 @@ def input_masks(
     images: list[Image],
     inp: Input,
     root: Path,
-    mask: str = "none",
+    mask: MaskMode = MaskMode.NONE,
     mask_dir: Path | None = None,
     slice_axis: int = 2,
 ) -> list[np.ndarray | None]:
@@ -78,11 +79,11 @@ def input_masks(
     from svdharm_cli.core.masks import auto_mask
     from svdharm_cli.files.formats import read_mask
 
-    if mask == "auto":
+    if mask == MaskMode.AUTO:
         estimate = auto_mask(np.concatenate([im.frames for im in images]))
         sizes = np.cumsum([0] + [im.frame_count for im in images])
         extra: list[np.ndarray | None] = [estimate[a:b] for a, b in zip(sizes, sizes[1:])]
-    elif mask == "dir":
+    elif mask == MaskMode.DIR:
         assert mask_dir is not None, "mask 'dir' needs a mask folder"
         extra = []
         for rel, image in zip(inp.files, images):

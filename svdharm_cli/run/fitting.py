@@ -21,6 +21,7 @@ import numpy as np
 
 from svdharm_cli.core.bands import DEFAULT_FRACTIONS
 from svdharm_cli.core.device import CPU, Device, on_device, resolve
+from svdharm_cli.core.masks import MaskMode
 from svdharm_cli.core.methods import Moments
 from svdharm_cli.core.reference import Reference, Source
 from svdharm_cli.core.volume import volume_moments
@@ -182,7 +183,7 @@ def reference_from_files(
     sources = [s for m in outcomes for s in m.sources]
     if not stats:
         raise UsageError("none of the reference images could be read", hint=problems[0].reason)
-    reference = Reference.fit(stats, fractions, sources, mask=read.mask.value)
+    reference = Reference.fit(stats, fractions, sources, mask=MaskMode(read.mask).value)
     return reference, problems, ignored
 
 

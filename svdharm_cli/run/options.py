@@ -58,7 +58,7 @@ class ReadOptions:
     @property
     def mask_files(self) -> Path | None:
         """The folder of mask files, when masks come from files."""
-        return self.mask_dir if self.mask is MaskMode.DIR else None
+        return self.mask_dir if self.mask == MaskMode.DIR else None
 
 
 @dataclass(frozen=True)

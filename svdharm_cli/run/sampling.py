@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from svdharm_cli.core.device import CPU, Device, on_device, resolve
+from svdharm_cli.core.masks import MaskMode
 from svdharm_cli.core.reference import describe_kind
 from svdharm_cli.errors import UsageError
 from svdharm_cli.evidence.compare import (
@@ -109,7 +110,7 @@ def compare(
     return Comparison(
         groups=groups,
         fractions=tuple(fractions),
-        mask=read.mask.value,
+        mask=MaskMode(read.mask).value,
         unit=unit,
         channels=channels,
         samples=kept,
