@@ -1,8 +1,9 @@
-"""The reference: target statistics per unit and channel count (METHOD.md sections 1 and 3).
+"""The reference: target statistics per kind, unit and channel count (METHOD.md sections 1,
+3 and 3d).
 
 A reference is fitted once, from one image or a cohort, and stored as JSON, never pickle.
-A cohort may mix kinds of images: its images are grouped by (unit, channel count) and each
-group gives one *entry*, whose statistics are the plain average over the group's images (a
+A cohort may mix kinds of images: its images are grouped by (kind, unit, channel count) and
+each group gives one *entry*, whose statistics are the plain average over the group's images (a
 volume counts as one image, with its slices pooled)::
 
     {
@@ -23,8 +24,16 @@ volume counts as one image, with its slices pooled)::
 
 ``mean`` and ``std`` have one row per channel and are in the entry's unit: ``normalized``
 (a reference fitted on 8-bit PNGs harmonizes 16-bit data and the other way round), ``HU``
-(CT) or ``raw`` (NIfTI). An input is harmonized with the entry of its own unit and channel
-count only. Version-1 files (one set of statistics, normalized) are read as one entry.
+(CT) or ``raw`` (NIfTI). The *kind* says what the images show (a DICOM Modality, a BIDS
+suffix such as ``T1w``, a user's rule; :mod:`svdharm_cli.files.kinds`), ``""`` for images
+that do not say. An input is harmonized with the entry of its own kind, unit and channel
+count only; a reference without kinds (every entry's kind empty: fitted on files that say
+nothing, or before kinds existed) is applied by unit and channel count to inputs of any
+kind. Version-1 files (one set of statistics, normalized) are read as one entry.
+
+A reference with kinds is written as format version 4, which adds ``"kind"`` to its entries
+(and sources, and merged entries); older svdharm refuses it by its version. A reference
+without kinds is written exactly as before (version 2, or 3 when shared).
 :meth:`Reference.from_json` checks every field and names the one that is wrong.
 
 Sharing between institutions
@@ -45,6 +54,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -60,7 +70,11 @@ FORMAT_NAME = "svdharm-reference"
 FORMAT_VERSION = 2
 SHARED_VERSION = 3
 """The version of references with path-less sources or a ``merged`` record."""
-READABLE_VERSIONS = (1, 2, 3)
+KIND_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""What a kind may be called (:mod:`svdharm_cli.files.kinds` gives no other)."""
+KINDS_VERSION = 4
+"""The version of references with kinds (any of the other versions' contents besides)."""
+READABLE_VERSIONS = (1, 2, 3, 4)
 UNITS = ("normalized", "HU", "raw")
 MASKS = tuple(mode.value for mode in MaskMode)
 """How a reference's statistics were masked (DICOM padding is always left out)."""
@@ -76,37 +90,51 @@ class Source:
     shape: tuple[int, ...]
     unit: str = "normalized"
     channels: int = 1
+    kind: str = ""
 
 
 @dataclass(frozen=True)
 class Entry:
-    """Target statistics for one (unit, channel count): ``(channels, n_components)`` each,
-    float64, in ``unit``; ``images`` is how many images (or volumes) were averaged."""
+    """Target statistics for one (kind, unit, channel count): ``(channels, n_components)``
+    each, float64, in ``unit``; ``images`` is how many images (or volumes) were averaged."""
 
     unit: str
     channels: int
     mean: np.ndarray
     std: np.ndarray
     images: int = 1
+    kind: str = ""
 
     @property
-    def kind(self) -> str:
-        return describe_kind(self.unit, self.channels)
+    def key(self) -> tuple[str, str, int]:
+        return (self.kind, self.unit, self.channels)
+
+    @property
+    def described(self) -> str:
+        return describe_kind(self.unit, self.channels, self.kind)
 
 
-def describe_kind(unit: str, channels: int) -> str:
-    """``"gray (1 channel) in normalized units"``, ...: how messages name a kind of image."""
+def describe_kind(unit: str, channels: int, kind: str = "") -> str:
+    """``"gray (1 channel) in normalized units"``, ``"T1w, gray (1 channel) in raw units"``:
+    how messages name a kind of image."""
     colour = {1: "gray (1 channel)", 3: "RGB (3 channels)"}.get(channels, f"{channels} channels")
-    return f"{colour} in {unit} units"
+    return f"{kind + ', ' if kind else ''}{colour} in {unit} units"
+
+
+def kind_names(kinds: Sequence[str]) -> str:
+    """``MR, CT and no kind``: the kinds of a reference or a run, for messages."""
+    names = [k or "no kind" for k in dict.fromkeys(kinds)]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 @dataclass(frozen=True)
 class Merged:
     """One reference that went into a merge: its file's SHA-256 and, per entry, the unit,
-    channel count and number of images."""
+    channel count, number of images and kind."""
 
     sha256: str
-    entries: tuple[tuple[str, int, int], ...]
+    entries: tuple[tuple[str, int, int, str], ...]
+    """``(unit, channels, images, kind)`` of each entry."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +149,7 @@ class Reference:
     merged: tuple[Merged, ...] = ()
 
     def __repr__(self) -> str:
-        entries = ", ".join(f"{e.kind}: {e.images} image(s)" for e in self.entries)
+        entries = ", ".join(f"{e.described}: {e.images} image(s)" for e in self.entries)
         return f"Reference(fractions={list(self.fractions)}, mask={self.mask!r}, [{entries}])"
 
     def without_paths(self) -> Reference:
@@ -132,10 +160,11 @@ class Reference:
     @classmethod
     def merge(cls, references: Sequence[Reference], digests: Sequence[str]) -> Reference:
         """One reference from several fitted on disjoint cohorts (``digests``: each file's
-        SHA-256): every (unit, channel count) entry is the image-count-weighted average of
-        the entries of that kind, which is what fitting on the union of the cohorts gives
-        (an entry is the plain average of its images' statistics). Sources are kept without
-        paths; the result records each merged reference in ``merged``.
+        SHA-256): every (kind, unit, channel count) entry is the image-count-weighted average
+        of the entries of that key (different kinds stay apart), which is what fitting on the
+        union of the cohorts gives (an entry is the plain average of its images'
+        statistics). Sources are kept without paths; the result records each merged
+        reference in ``merged``.
 
         Raises
         ------
@@ -153,25 +182,25 @@ class Reference:
                 )
             if ref.mask != first.mask:
                 raise ValueError(f"mask modes differ: {first.mask!r} and {ref.mask!r}")
-        groups: dict[tuple[str, int], list[Entry]] = {}
+        groups: dict[tuple[str, str, int], list[Entry]] = {}
         for ref in references:
             for e in ref.entries:
-                groups.setdefault((e.unit, e.channels), []).append(e)
+                groups.setdefault(e.key, []).append(e)
         entries = []
-        for (unit, channels), same in sorted(groups.items(), key=_entry_order):
+        for (kind, unit, channels), same in sorted(groups.items(), key=_entry_order):
             counts = np.array([e.images for e in same], dtype=np.float64)
             if len(same) > 1 and (counts <= 0).any():
                 raise ValueError(
-                    f"an entry for {describe_kind(unit, channels)} records no image count, "
+                    f"an entry for {describe_kind(unit, channels, kind)} records no image count, "
                     "so it cannot be weighted"
                 )
             weights = counts / counts.sum() if counts.sum() > 0 else np.ones(1)
             mean = np.einsum("k,kcn->cn", weights, np.stack([e.mean for e in same]))
             std = np.einsum("k,kcn->cn", weights, np.stack([e.std for e in same]))
-            entries.append(Entry(unit, channels, mean, std, int(counts.sum())))
+            entries.append(Entry(unit, channels, mean, std, int(counts.sum()), kind))
         sources = tuple(replace(s, path=None) for ref in references for s in ref.sources)
         merged = tuple(
-            Merged(digest, tuple((e.unit, e.channels, e.images) for e in ref.entries))
+            Merged(digest, tuple((e.unit, e.channels, e.images, e.kind) for e in ref.entries))
             for ref, digest in zip(references, digests)
         )
         return cls(first.fractions, tuple(entries), sources, mask=first.mask, merged=merged)
@@ -180,41 +209,57 @@ class Reference:
     def n_components(self) -> int:
         return len(self.fractions) + 1
 
-    def entry(self, unit: str, channels: int) -> Entry | None:
-        """The entry for images of ``unit`` with ``channels`` channels, if there is one."""
+    @property
+    def has_kinds(self) -> bool:
+        """Whether any entry has a kind (else it serves inputs of any kind)."""
+        return any(e.kind for e in self.entries)
+
+    def entry(self, unit: str, channels: int, kind: str = "") -> Entry | None:
+        """The entry for images of ``kind``, ``unit`` and ``channels`` channels, if there is
+        one. A reference without kinds answers for any kind by unit and channel count."""
+        want = kind if self.has_kinds else ""
         for e in self.entries:
-            if e.unit == unit and e.channels == channels:
+            if e.key == (want, unit, channels):
                 return e
         return None
 
     def kinds(self) -> str:
-        """The kinds of image this reference harmonizes, for messages."""
-        return "; ".join(e.kind for e in self.entries)
+        """The entries this reference holds, for messages: each kind of image and how many
+        images it was fitted on."""
+        return "; ".join(
+            f"{e.described} ({e.images} image{'' if e.images == 1 else 's'})" for e in self.entries
+        )
 
     @classmethod
     def fit(
         cls,
-        stats: Sequence[tuple[str, np.ndarray, np.ndarray]],
+        stats: Sequence[tuple[Any, ...]],
         fractions: Sequence[float],
         sources: Sequence[Source] = (),
         mask: str = "none",
     ) -> Reference:
-        """Average per-image ``(unit, mean, std)`` statistics (``(channels, n_components)``
-        arrays) within each (unit, channel count) group.
+        """Average per-image ``(unit, mean, std)`` or ``(unit, mean, std, kind)`` statistics
+        (``(channels, n_components)`` arrays) within each (kind, unit, channel count) group.
 
         Raises
         ------
         ValueError
-            When there are no images, or an image's arrays do not fit the fractions.
+            When there are no images, an image's arrays do not fit the fractions, or a kind
+            is not a short name.
         """
         if not stats:
             raise ValueError("a reference needs at least one image")
         fr = validate_fractions(fractions)
-        groups: dict[tuple[str, int], list[tuple[np.ndarray, np.ndarray]]] = {}
-        for unit, mean, std in stats:
+        groups: dict[tuple[str, str, int], list[tuple[np.ndarray, np.ndarray]]] = {}
+        for unit, mean, std, *kind in stats:
             if mean.shape != std.shape or mean.ndim != 2 or mean.shape[1] != len(fr) + 1:
                 raise ValueError(f"statistics of shape {mean.shape} do not fit {len(fr)} cuts")
-            groups.setdefault((unit, mean.shape[0]), []).append((mean, std))
+            key = (kind[0] if kind else "", unit, mean.shape[0])
+            if not _is_kind(key[0]):
+                raise ValueError(
+                    f"kind {key[0]!r}: a kind is letters, digits, '.', '_' or '-' (at most 64)"
+                )
+            groups.setdefault(key, []).append((mean, std))
         entries = tuple(
             Entry(
                 unit,
@@ -222,23 +267,27 @@ class Reference:
                 np.mean([m for m, _ in items], axis=0),
                 np.mean([s for _, s in items], axis=0),
                 len(items),
+                kind,
             )
-            for (unit, channels), items in sorted(groups.items(), key=_entry_order)
+            for (kind, unit, channels), items in sorted(groups.items(), key=_entry_order)
         )
         return cls(fr, entries, tuple(sources), mask=mask)
 
     def to_dict(self) -> dict[str, Any]:
         n = self.n_components
         shared = bool(self.merged) or any(s.path is None for s in self.sources)
+        kinds = self.has_kinds or any(s.kind for s in self.sources)
+        version = KINDS_VERSION if kinds else SHARED_VERSION if shared else FORMAT_VERSION
         data: dict[str, Any] = {
             "format": FORMAT_NAME,
-            "format_version": SHARED_VERSION if shared else FORMAT_VERSION,
+            "format_version": version,
             "tool_version": self.tool_version,
             "fractions": list(self.fractions),
             "components": ["base"] + [f"band{i}" for i in range(1, n)],
             "mask": self.mask,
             "entries": [
                 {
+                    **({"kind": e.kind} if kinds else {}),
                     "unit": e.unit,
                     "channels": e.channels,
                     "images": e.images,
@@ -254,6 +303,7 @@ class Reference:
                     "shape": list(s.shape),
                     "unit": s.unit,
                     "channels": s.channels,
+                    **({"kind": s.kind} if kinds else {}),
                 }
                 for s in self.sources
             ],
@@ -263,8 +313,13 @@ class Reference:
                 {
                     "sha256": m.sha256,
                     "entries": [
-                        {"unit": unit, "channels": channels, "images": images}
-                        for unit, channels, images in m.entries
+                        {
+                            **({"kind": rest[0]} if kinds and rest else {}),
+                            "unit": unit,
+                            "channels": channels,
+                            "images": images,
+                        }
+                        for unit, channels, images, *rest in m.entries
                     ],
                 }
                 for m in self.merged
@@ -347,6 +402,9 @@ class Reference:
             where = "" if version == 1 else f"entries[{i}]."
             if not isinstance(raw, dict):
                 raise bad(f"entries[{i}]", "must be an object")
+            kind = raw.get("kind", "")
+            if not _is_kind(kind) or (kind and version < KINDS_VERSION):
+                raise bad(f"{where}kind", "must be a short name (letters, digits, '.', '_', '-')")
             unit = raw.get("unit")
             if unit not in UNITS:
                 raise bad(f"{where}unit", f"must be one of {list(UNITS)}")
@@ -370,11 +428,13 @@ class Reference:
                         f"holds {worst:.6g}, beyond what any image in {unit} units can have "
                         f"(at most {limit:g} in magnitude)",
                     )
-            if any(e.unit == unit and e.channels == channels for e in entries):
-                raise bad(f"{where}unit", f"repeats the entry for {describe_kind(unit, channels)}")
+            if any(e.key == (kind, unit, channels) for e in entries):
+                raise bad(
+                    f"{where}unit", f"repeats the entry for {describe_kind(unit, channels, kind)}"
+                )
             images = raw.get("images", 1)
             images = images if isinstance(images, int) and images >= 0 else 1
-            entries.append(Entry(unit, channels, arrays["mean"], arrays["std"], images))
+            entries.append(Entry(unit, channels, arrays["mean"], arrays["std"], images, kind))
         sources = _sources(data.get("sources", []), version, bad)
         tool_version = data.get("tool_version", "unknown")
         mask = data.get("mask", "none")
@@ -393,7 +453,7 @@ def _sources(raw_sources: Any, version: int, bad: Any) -> tuple[Source, ...]:
         if not (
             isinstance(src, dict)
             and isinstance(src.get("path", ""), str)
-            and (version == SHARED_VERSION or "path" in src)
+            and (version >= SHARED_VERSION or "path" in src)
             and isinstance(src.get("sha256"), str)
             and isinstance(src.get("shape"), list)
             and all(isinstance(k, int) for k in src["shape"])
@@ -401,6 +461,7 @@ def _sources(raw_sources: Any, version: int, bad: Any) -> tuple[Source, ...]:
             raise bad(f"sources[{i}]", "must have a string path and sha256 and a shape list")
         unit = src.get("unit", "normalized")
         channels = src.get("channels", 1)
+        kind = src.get("kind", "")
         sources.append(
             Source(
                 src.get("path"),
@@ -408,6 +469,7 @@ def _sources(raw_sources: Any, version: int, bad: Any) -> tuple[Source, ...]:
                 tuple(src["shape"]),
                 unit if isinstance(unit, str) else "normalized",
                 channels if isinstance(channels, int) else 1,
+                kind if _is_kind(kind) else "",
             )
         )
     return tuple(sources)
@@ -427,17 +489,24 @@ def _merged(raw: Any, bad: Any) -> tuple[Merged, ...]:
             and e.get("unit") in UNITS
             and isinstance(e.get("channels"), int)
             and isinstance(e.get("images"), int)
+            and _is_kind(e.get("kind", ""))
             for e in entries
         ):
             raise bad(f"merged[{i}].entries", "must list unit, channels and images")
-        kinds = tuple((e["unit"], e["channels"], e["images"]) for e in entries)
+        kinds = tuple((e["unit"], e["channels"], e["images"], e.get("kind", "")) for e in entries)
         found.append(Merged(item["sha256"], kinds))
     return tuple(found)
 
 
-def _entry_order(item: tuple[tuple[str, int], Any]) -> tuple[int, int]:
-    (unit, channels), _ = item
-    return UNITS.index(unit) if unit in UNITS else len(UNITS), channels
+def _entry_order(item: tuple[tuple[str, str, int], Any]) -> tuple[str, int, int]:
+    """Entries by kind (the empty kind first), then unit, then channel count."""
+    (kind, unit, channels), _ = item
+    return kind, UNITS.index(unit) if unit in UNITS else len(UNITS), channels
+
+
+def _is_kind(value: Any) -> bool:
+    """A kind as :mod:`svdharm_cli.files.kinds` names them, or the empty kind."""
+    return isinstance(value, str) and (value == "" or KIND_NAME.fullmatch(value) is not None)
 
 
 def _rows(count: int) -> str:

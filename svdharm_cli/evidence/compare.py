@@ -20,8 +20,9 @@ Reported:
   the images' unit.
 - each group's distribution of per-image means and stds per component (plots).
 
-Only images of one kind (unit and channel count) are compared: the kind most samples have;
-others are reported and left out.
+Only images of one kind, unit and channel count are compared (METHOD.md section 3d: a T1w
+and a T2w differ by what they show, not by site): those most samples have; others are
+reported and left out, saying so.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class Sample:
     stds: np.ndarray
     percentiles: np.ndarray
     pixels: np.ndarray
+    kind: str = ""
 
     @property
     def features(self) -> np.ndarray:
@@ -89,6 +91,8 @@ class Comparison:
     wasserstein: list[dict[str, Any]]
     problems: Sequence[Problem] = field(default_factory=list)
     seconds: float = 0.0
+    kind: str = ""
+    """The kind of image compared (``""``: images that say none)."""
 
     def to_dict(self) -> dict[str, Any]:
         n = len(self.fractions) + 1
@@ -98,6 +102,7 @@ class Comparison:
             "tool_version": __version__,
             "fractions": list(self.fractions),
             "mask": self.mask,
+            "kind": self.kind,
             "unit": self.unit,
             "channels": self.channels,
             "components": ["base"] + [f"band{i}" for i in range(1, n)],
@@ -163,6 +168,7 @@ def sample_from_moments(
     moments: Sequence[Moments],
     values: list[list[np.ndarray]],
     rng: np.random.Generator,
+    kind: str = "",
 ) -> Sample:
     """A sample from its slices' moments and each channel's (masked) pixel values."""
     pooled = pool(moments)
@@ -177,6 +183,7 @@ def sample_from_moments(
         group=group,
         path=path,
         unit=unit,
+        kind=kind,
         channels=len(values),
         means=pooled.means,
         stds=pooled.stds,

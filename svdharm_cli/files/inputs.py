@@ -11,6 +11,8 @@ together (METHOD.md section 3a).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from svdharm_cli.core.masks import MaskMode
 from svdharm_cli.core.reference import Entry, Reference, describe_kind
 from svdharm_cli.errors import ImageError
 from svdharm_cli.files.formats import DEFAULT_MAX_PIXELS, Image, ImageInfo, read_image
+from svdharm_cli.files.kinds import KindRule, rule_kind
 from svdharm_cli.files.plan import Input
 
 
@@ -28,41 +31,60 @@ def read_input(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     slice_axis: int = 2,
     reference: Reference | None = None,
+    kinds: Sequence[KindRule] = (),
 ) -> list[Image]:
-    """Read every file of the input. The files of a series must be of one kind, and with a
-    ``reference`` each must have an entry; both are checked from each file's header,
-    before its pixels are decoded."""
+    """Read every file of the input, each of the kind the first of ``kinds`` matching its
+    relative path gives, else of the kind its file says (:mod:`svdharm_cli.files.kinds`).
+    The files of a series must be of one kind, and with a ``reference`` each must have an
+    entry; both are checked from each file's header, before its pixels are decoded."""
     images: list[Image] = []
     expected: list[ImageInfo] = []
+    ruled = [rule_kind(kinds, rel) for rel in inp.files]
 
     def check(info: ImageInfo) -> None:
+        k = len(images)
+        rule = ruled[k]
+        if rule is not None:
+            info = replace(info, kind=rule)
         if reference is not None:
-            entry_for(reference, info, root / inp.files[len(images)])
-        if expected and (info.unit, info.channels) != (expected[0].unit, expected[0].channels):
+            entry_for(reference, info, root / inp.files[k])
+        if expected and (info.kind, info.unit, info.channels) != (
+            expected[0].kind,
+            expected[0].unit,
+            expected[0].channels,
+        ):
             raise ImageError(
-                f"{root / inp.files[len(images)]}: is "
-                f"{describe_kind(info.unit, info.channels)} but the series' first file is "
-                f"{describe_kind(expected[0].unit, expected[0].channels)}"
+                f"{root / inp.files[k]}: is {_described(info)} but the series' first file is "
+                f"{_described(expected[0])}"
             )
         expected.append(info)
 
-    for rel in inp.files:
-        images.append(read_image(root / rel, max_pixels, check, slice_axis))
+    for rel, rule in zip(inp.files, ruled):
+        image = read_image(root / rel, max_pixels, check, slice_axis)
+        images.append(image if rule is None else replace(image, kind=rule))
     return images
 
 
 def entry_for(reference: Reference | None, info: ImageInfo, path: Path) -> Entry | None:
-    """The reference entry for this kind of image; an :class:`ImageError` when none fits."""
+    """The reference entry for this kind of image; an :class:`ImageError` naming the
+    image's kind and the reference's when none fits."""
     if reference is None:
         return None
-    entry = reference.entry(info.unit, info.channels)
+    entry = reference.entry(info.unit, info.channels, info.kind)
     if entry is None:
         raise ImageError(
-            f"{path}: is {describe_kind(info.unit, info.channels)}, but the reference has "
-            f"statistics only for {reference.kinds()}",
-            hint="fit a reference that includes images of this kind",
+            f"{path}: is {_described(info)}, but the reference has entries only for "
+            f"{reference.kinds()}",
+            hint="fit a reference that includes images of this kind, or name the kind of "
+            "these files with --kind NAME=GLOB",
         )
     return entry
+
+
+def _described(info: ImageInfo) -> str:
+    """``"of kind MR, gray (1 channel) in normalized units"``, ``"of no kind, ..."``."""
+    kind = f"of kind {info.kind}" if info.kind else "of no kind"
+    return f"{kind}, {describe_kind(info.unit, info.channels)}"
 
 
 def input_masks(

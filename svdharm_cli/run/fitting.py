@@ -35,8 +35,8 @@ from svdharm_cli.run.executors.work import Rooted, gather
 from svdharm_cli.run.options import ReadOptions, WalkOptions
 from svdharm_cli.run.results import OK, FileResult, Stop, outcome_of, walk_results
 
-Statistics = tuple[str, np.ndarray, np.ndarray]
-"""One image's ``(unit, means, stds)``."""
+Statistics = tuple[str, np.ndarray, np.ndarray, str]
+"""One image's ``(unit, means, stds, kind)``."""
 
 
 def sha256_file(path: Path) -> str:
@@ -54,12 +54,12 @@ def input_statistics(
     read: ReadOptions = ReadOptions(),
     device: Device = CPU,
 ) -> tuple[list[Statistics], list[Source]]:
-    """Per-image statistics ``(unit, means, stds)`` of one input, and its sources.
+    """Per-image statistics ``(unit, means, stds, kind)`` of one input, and its sources.
 
     A volume counts as one image, its slices pooled (METHOD.md section 3a); each 3-D volume
     of a 4-D NIfTI counts as one; with ``read.per_slice`` every slice counts as one image.
     """
-    images = read_input(root, inp, read.max_pixels, read.slice_axis)
+    images = read_input(root, inp, read.max_pixels, read.slice_axis, kinds=read.kinds)
     masks = input_masks(images, inp, root, read.mask, read.mask_dir, read.slice_axis)
     slices = [frame for image in images for frame in image.frames]
     planes = [
@@ -75,9 +75,11 @@ def input_statistics(
         )
 
     pooled, _ = on_device(device, inp.key, compute)
-    stats = [(images[0].unit, m.means, m.stds) for m in pooled]
+    stats = [(images[0].unit, m.means, m.stds, images[0].kind) for m in pooled]
     sources = [
-        Source(str(root / rel), sha256_file(root / rel), im.shape, im.unit, im.channel_count)
+        Source(
+            str(root / rel), sha256_file(root / rel), im.shape, im.unit, im.channel_count, im.kind
+        )
         for rel, im in zip(inp.files, images)
     ]
     return stats, sources
@@ -216,7 +218,8 @@ def load_reference(
     path: Path, fractions: tuple[float, ...] | None, read: ReadOptions = ReadOptions()
 ) -> tuple[Reference, dict[str, Any]]:
     """A reference from JSON, or fitted on the fly from one image (over every pixel, its
-    slices pooled: ``read``'s pixel limit and slice axis only); plus its log record."""
+    slices pooled: ``read``'s pixel limit, slice axis and kind rules, matched against its
+    name); plus its log record."""
     if path.is_dir():
         raise ReferenceFileError(
             f"reference {path} is a folder; pass a reference JSON written by "
@@ -237,7 +240,7 @@ def load_reference(
         fr = fractions or DEFAULT_FRACTIONS
         inp = Input((path.name,), path.name)
         try:
-            whole = ReadOptions(read.max_pixels, slice_axis=read.slice_axis)
+            whole = ReadOptions(read.max_pixels, slice_axis=read.slice_axis, kinds=read.kinds)
             stats, sources = input_statistics(path.parent, inp, fr, whole)
         except (ImageError, SkipImage) as exc:
             raise ReferenceFileError(f"reference image: {exc.message}") from exc

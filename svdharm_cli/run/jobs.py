@@ -18,7 +18,7 @@ from typing import Any
 
 from svdharm_cli import __version__
 from svdharm_cli.core.bands import DEFAULT_FRACTIONS
-from svdharm_cli.core.reference import Reference
+from svdharm_cli.core.reference import Reference, kind_names
 from svdharm_cli.errors import UsageError
 from svdharm_cli.files.atomic import forget_folders
 from svdharm_cli.files.plan import Input, check_roots
@@ -184,15 +184,15 @@ def _dispatch(
         skip_existing=request.walk.skip_existing,
         told=told,
     )
+    kinds: set[str] = set()
+
+    def sink(result: FileResult) -> None:
+        kinds.add(result.kind)
+        spill.add(resume.take(result))
+
     try:
-        outcome = run_inputs(
-            executor,
-            resume.inputs(inputs),
-            config,
-            on_result,
-            sink=lambda r: spill.add(resume.take(r)),
-        )
-        warnings.extend(executor.warnings)
+        outcome = run_inputs(executor, resume.inputs(inputs), config, on_result, sink=sink)
+        warnings.extend(executor.warnings + _kind_warnings(config.reference, kinds))
         if outcome.interrupted is not None:
             walked.finish()  # count what was not walked yet: the counts stay exact
         for result in walk_results(walked.root, walked.unlisted, ()):
@@ -254,6 +254,18 @@ def _mask_warnings(reference: Reference | None, request: RunRequest) -> list[str
     return [
         f"the reference's statistics were taken with --mask {reference.mask} but this run "
         f"uses --mask {request.read.mask}: their band statistics are not comparable"
+    ]
+
+
+def _kind_warnings(reference: Reference | None, kinds: set[str]) -> list[str]:
+    """A warning when a reference without kinds served inputs of some kind (it is applied
+    by unit and channel count alone, as before kinds existed)."""
+    if reference is None or reference.has_kinds or not kinds - {""}:
+        return []
+    return [
+        f"the reference has no kinds but inputs of kind {kind_names(sorted(kinds - {''}))} "
+        "were harmonized with it by unit and channel count; refit it on images of each kind "
+        "to keep kinds apart"
     ]
 
 

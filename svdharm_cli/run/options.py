@@ -23,6 +23,7 @@ from typing import Any
 from svdharm_cli.core.masks import MaskMode
 from svdharm_cli.core.methods import DEFAULT_HIGH, DEFAULT_LOW, Method
 from svdharm_cli.files.formats import DEFAULT_MAX_PIXELS, WriteOptions
+from svdharm_cli.files.kinds import KindRule
 
 
 def logged(options: Any) -> dict[str, Any]:
@@ -54,6 +55,8 @@ class ReadOptions:
     mask: MaskMode = MaskMode.NONE
     mask_dir: Path | None = None
     """Where mask files mirror the inputs (``mask`` is then :attr:`MaskMode.DIR`)."""
+    kinds: tuple[KindRule, ...] = ()
+    """The user's kind rules (``--kind NAME=GLOB``), first match first."""
 
     @property
     def mask_files(self) -> Path | None:

@@ -114,6 +114,7 @@ class Prepared:
                 self.fallback,
                 ident,
                 mask_ident,
+                kind=self.images[0].kind if self.images else "",
             )
             for rel, out, f, ident, mask_ident in zip(files, per_file, fg, idents, masks)
         ]
@@ -160,7 +161,7 @@ def prepare(inp: Input, config: JobConfig, tell: Report) -> Prepared | None:
         if read.mask_files is not None:
             prepared.mask_identities = [identity(read.mask_files / rel) for rel in inp.files]
         prepared.images = read_input(
-            config.in_root, inp, read.max_pixels, read.slice_axis, config.reference
+            config.in_root, inp, read.max_pixels, read.slice_axis, config.reference, read.kinds
         )
         prepared.entry = entry_for(config.reference, prepared.images[0].info, first)
         prepared.masks = input_masks(

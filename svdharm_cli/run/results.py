@@ -73,6 +73,8 @@ class FileResult:
     """The same for its mask file under ``--mask-dir``."""
     redone: str | None = None
     """Why ``--skip-existing`` made this file again (set by the run, not the worker)."""
+    kind: str = ""
+    """The input's kind (:mod:`svdharm_cli.files.kinds`), when it was read."""
 
 
 Report = Callable[[list[FileResult]], None]

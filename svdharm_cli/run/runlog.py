@@ -116,6 +116,7 @@ def file_record(result: FileResult) -> dict[str, Any]:
         "error": result.error,
         "fallback": result.fallback,
         "redone": result.redone,
+        "kind": result.kind,
     }
 
 

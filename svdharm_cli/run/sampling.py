@@ -91,18 +91,19 @@ def compare(
     samples = [o.sample for o in ordered if o.sample is not None]
     if not samples:
         raise UsageError("no image in the groups could be read")
-    kinds = Counter((s.unit, s.channels) for s in samples)
-    (unit, channels), _ = kinds.most_common(1)[0]
+    kinds = Counter((s.kind, s.unit, s.channels) for s in samples)
+    (kind, unit, channels), _ = kinds.most_common(1)[0]
     kept = []
     for s in samples:
-        if (s.unit, s.channels) == (unit, channels):
+        if (s.kind, s.unit, s.channels) == (kind, unit, channels):
             kept.append(s)
         else:
             reason = (
-                f"{s.path}: is {describe_kind(s.unit, s.channels)} but most images compared "
-                f"are {describe_kind(unit, channels)}"
+                f"{s.path}: is {describe_kind(s.unit, s.channels, s.kind or 'no kind')} but "
+                f"most images compared are {describe_kind(unit, channels, kind or 'no kind')}: "
+                "only images of one kind are compared"
             )
-            problems.append(FileResult(s.path, SKIPPED, reason))
+            problems.append(FileResult(s.path, SKIPPED, reason, kind=s.kind))
     groups = [
         {"name": names[k], "path": str(f), "count": sum(s.group == k for s in kept)}
         for k, f in enumerate(folders)
@@ -114,6 +115,7 @@ def compare(
         unit=unit,
         channels=channels,
         samples=kept,
+        kind=kind,
         separability=separability(kept, len(folders), folds, seed),
         wasserstein=distances(kept, names),
         problems=problems,
@@ -187,7 +189,7 @@ def _sample(
 ) -> Sample | tuple[Status, str]:
     """One input's features, or ``(status, reason)`` when it cannot be read."""
     try:
-        images = read_input(root, inp, read.max_pixels, read.slice_axis)
+        images = read_input(root, inp, read.max_pixels, read.slice_axis, kinds=read.kinds)
         masks = input_masks(images, inp, root, read.mask, read.mask_dir, read.slice_axis)
         pairs = [
             (frame, None if volume_mask is None else volume_mask[f])
@@ -209,4 +211,5 @@ def _sample(
         moments,
         values,
         rng,
+        images[0].kind,
     )

@@ -185,7 +185,11 @@ class SVDHarmonize(_Input):
     ----------
     reference
         A reference JSON path or a loaded :class:`~svdharm_cli.core.reference.Reference`; the
-        entry of the input's unit and channel count is used, as on the CLI.
+        entry of the input's kind, unit and channel count is used, as on the CLI.
+    kind
+        What the inputs are (``"T1w"``, ``"MR"``, ...: METHOD.md section 3d), to pick the
+        reference's entry of that kind; ``""`` (the default) for images of no kind. A
+        reference without kinds serves every kind.
     coefficients
         Optional band coefficients (``n_components`` values, or one row per channel): the
         base is matched and the bands scaled (METHOD.md section 6); the base's coefficient
@@ -203,23 +207,25 @@ class SVDHarmonize(_Input):
         self,
         reference: ReferenceLike,
         *,
+        kind: str = "",
         coefficients: Any = None,
         unit: str = "normalized",
         mask: MaskLike = None,
         slice_axis: int = -1,
     ) -> None:
         self.reference = load_reference(reference)
+        self.kind = kind
         self._input_options(unit, mask, slice_axis)
         self.coefficients = None if coefficients is None else np.asarray(_host(coefficients))
 
     def entry(self, layout: _Layout | Decomposition) -> Entry:
-        """The reference's entry for the input's unit and channel count."""
-        found = self.reference.entry(self.unit, layout.channels)
+        """The reference's entry for the input's kind, unit and channel count."""
+        found = self.reference.entry(self.unit, layout.channels, self.kind)
         if found is None:
-            what = f"{describe_kind(self.unit, layout.channels)}, shape {tuple(layout.shape)}"
+            what = describe_kind(self.unit, layout.channels, self.kind or "of no kind")
             raise ValueError(
-                f"the input is {what}, but the reference has statistics "
-                f"only for {self.reference.kinds()}"
+                f"the input is {what}, shape {tuple(layout.shape)}, but the reference has "
+                f"entries only for {self.reference.kinds()}"
             )
         return found
 
@@ -242,7 +248,8 @@ class SVDHarmonize(_Input):
 
     def __repr__(self) -> str:
         extra = "" if self.coefficients is None else f", coefficients={self.coefficients.tolist()}"
-        return f"{type(self).__name__}(unit={self.unit!r}{extra})"
+        kind = f"kind={self.kind!r}, " if self.kind else ""
+        return f"{type(self).__name__}({kind}unit={self.unit!r}{extra})"
 
 
 class SVDDeharmonize(_Input):
@@ -409,12 +416,15 @@ class RandSVDHarmonizeDeharmonize(_Random):
         per_channel: bool = False,
         prob: float = 1.0,
         seed: int | None = None,
+        kind: str = "",
         unit: str = "normalized",
         mask: MaskLike = None,
         slice_axis: int = -1,
     ) -> None:
         super().__init__(low, high, per_channel, prob, seed)
-        self.harmonize = SVDHarmonize(reference, unit=unit, mask=mask, slice_axis=slice_axis)
+        self.harmonize = SVDHarmonize(
+            reference, kind=kind, unit=unit, mask=mask, slice_axis=slice_axis
+        )
 
     @property
     def reference(self) -> Reference:
@@ -440,6 +450,7 @@ class RandSVDHarmonizeDeharmonize(_Random):
         """The deterministic transform that repeats the last call."""
         return SVDHarmonize(
             self.reference,
+            kind=self.harmonize.kind,
             coefficients=self.last_coefficients,
             unit=self.harmonize.unit,
             mask=self.harmonize.mask,

@@ -33,6 +33,7 @@ def load_reference(reference: ReferenceLike) -> Reference:
 def fit_reference(
     images: Iterable[Array],
     *,
+    kind: str = "",
     unit: str = "normalized",
     fractions: Sequence[float] | None = None,
     mask: MaskLike | Sequence[Any] = None,
@@ -47,6 +48,10 @@ def fit_reference(
         Arrays or tensors, ``(C, H, W)`` or volumes ``(C, X, Y, Z)`` (a volume counts as one
         image, its slices pooled; ``per_slice`` counts each slice as one); kinds may mix,
         each (unit, channel count) giving one entry.
+    kind
+        What the images are (``"T1w"``, ``"CT"``, ...: METHOD.md section 3d); the entries
+        get it, and :class:`SVDHarmonize` with the same ``kind`` picks them. ``""`` (the
+        default): images of no kind, a reference that serves every kind.
     unit
         The images' unit (see the module); all images share it.
     fractions
@@ -81,5 +86,5 @@ def fit_reference(
         count = layout.volume.shape[0]
         groups = [[s] for s in range(count)] if per_slice else None
         for pooled in volume_moments(layout.slices, fr, layout.masks(m), groups):
-            stats.append((unit, pooled.means, pooled.stds))
+            stats.append((unit, pooled.means, pooled.stds, kind))
     return Reference.fit(stats, fr, mask=mode.value)

@@ -37,6 +37,7 @@ A decomposition is immutable and a deep copy of it is itself, so ``CacheDataset`
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -186,14 +187,18 @@ class SVDHarmonize(Transform):
         self,
         reference: core.ReferenceLike,
         *,
+        kind: str = "",
         unit: str = "normalized",
         mask: core.MaskLike = None,
         slice_axis: int = -1,
     ) -> None:
-        self.transform = core.SVDHarmonize(reference, unit=unit, mask=mask, slice_axis=slice_axis)
+        self.transform = core.SVDHarmonize(
+            reference, kind=kind, unit=unit, mask=mask, slice_axis=slice_axis
+        )
 
-    def __call__(self, img: Any, mask: core.MaskLike = None) -> Any:
-        return _run(self.transform, img, mask)
+    def __call__(self, img: Any, mask: core.MaskLike = None, kind: str | None = None) -> Any:
+        """``kind`` (a dictionary transform's, per key) replaces the transform's own."""
+        return _run(_of_kind(self.transform, kind), img, mask)
 
 
 class _Draw(RandomizableTransform):
@@ -280,15 +285,24 @@ class RandSVDHarmonizeDeharmonize(_Draw):
         *,
         per_channel: bool = False,
         prob: float = 1.0,
+        kind: str = "",
         unit: str = "normalized",
         mask: core.MaskLike = None,
         slice_axis: int = -1,
     ) -> None:
-        self.harmonize = core.SVDHarmonize(reference, unit=unit, mask=mask, slice_axis=slice_axis)
+        self.harmonize = core.SVDHarmonize(
+            reference, kind=kind, unit=unit, mask=mask, slice_axis=slice_axis
+        )
         n = self.harmonize.reference.n_components
         super().__init__(low, high, per_channel, prob, n)
 
-    def __call__(self, img: Any, mask: core.MaskLike = None, randomize: bool = True) -> Any:
+    def __call__(
+        self,
+        img: Any,
+        mask: core.MaskLike = None,
+        randomize: bool = True,
+        kind: str | None = None,
+    ) -> Any:
         if randomize:
             self.randomize(img)
         coefficients = self.coefficients  # None: not drawn, harmonized only
@@ -298,6 +312,7 @@ class RandSVDHarmonizeDeharmonize(_Draw):
         h = self.harmonize
         fn = core.SVDHarmonize(
             h.reference,
+            kind=h.kind if kind is None else kind,
             coefficients=coefficients,
             unit=h.unit,
             mask=h.mask,
@@ -317,6 +332,7 @@ class SVDHarmonized(MapTransform):
         keys: KeysCollection,
         reference: core.ReferenceLike,
         *,
+        kind: str | Mapping[Hashable, str] = "",
         unit: str = "normalized",
         mask: core.MaskLike = None,
         mask_key: Hashable | None = None,
@@ -325,13 +341,15 @@ class SVDHarmonized(MapTransform):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.harmonizer = SVDHarmonize(reference, unit=unit, mask=mask, slice_axis=slice_axis)
+        self.kind = kind
         self.mask_key = mask_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         mask = _mask_of(d, self.mask_key)
         for key in self.key_iterator(d):
-            d[key] = self.harmonizer(d[key], _mask_for(d[key], mask, self.mask_key))
+            mine = _mask_for(d[key], mask, self.mask_key)
+            d[key] = self.harmonizer(d[key], mine, kind=kind_for(self.kind, key))
         return d
 
 
@@ -406,6 +424,7 @@ class RandSVDHarmonizeDeharmonized(_SharedDraw):
         *,
         per_channel: bool = False,
         prob: float = 1.0,
+        kind: str | Mapping[Hashable, str] = "",
         unit: str = "normalized",
         mask: core.MaskLike = None,
         mask_key: Hashable | None = None,
@@ -414,6 +433,7 @@ class RandSVDHarmonizeDeharmonized(_SharedDraw):
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
+        self.kind = kind
         self.array = RandSVDHarmonizeDeharmonize(
             reference,
             low,
@@ -425,6 +445,21 @@ class RandSVDHarmonizeDeharmonized(_SharedDraw):
             slice_axis=slice_axis,
         )
         self.mask_key = mask_key
+
+
+def kind_for(kind: str | Mapping[Hashable, str], key: Hashable) -> str:
+    """The kind of the item at ``key``: ``kind`` itself, or its entry for ``key`` when it is
+    a mapping by key (``""``, no kind, for a key it does not name)."""
+    return kind.get(key, "") if isinstance(kind, Mapping) else kind
+
+
+def _of_kind(transform: core.SVDHarmonize, kind: str | None) -> core.SVDHarmonize:
+    """``transform``, or its twin for another ``kind`` (the same reference and options)."""
+    if kind is None or kind == transform.kind:
+        return transform
+    twin = copy.copy(transform)
+    twin.kind = kind
+    return twin
 
 
 def _mask_of(d: Mapping[Hashable, Any], key: Hashable | None) -> Any:
@@ -463,7 +498,12 @@ def _shared_draw(
                 f"key {key!r} has {_channels(d[key])} channels but {first!r} has {channels}: "
                 "one draw is shared by the keys of a sample"
             )
-        d[key] = array(d[key], _mask_for(d[key], mask, outer.mask_key), randomize=False)
+        mine = _mask_for(d[key], mask, outer.mask_key)
+        kind = getattr(outer, "kind", None)
+        if kind is None:  # a transform of no reference
+            d[key] = array(d[key], mine, randomize=False)
+        else:
+            d[key] = array(d[key], mine, randomize=False, kind=kind_for(kind, key))
     return d
 
 

@@ -38,7 +38,7 @@ fixed by :class:`SVDDecompose`'s ``masking_method``.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torchio as tio
@@ -146,6 +146,12 @@ class SVDDecompose(_Masked):
         return subject
 
 
+def kind_for(kind: str | Mapping[str, str], name: str) -> str:
+    """The kind of the image called ``name``: ``kind`` itself, or its entry for ``name``
+    when it is a mapping by image name (``""``, no kind, for an image it does not name)."""
+    return kind.get(name, "") if isinstance(kind, Mapping) else kind
+
+
 class _Consumes:
     """A random transform that drops :data:`DECOMPOSITIONS` from the subject it returns."""
 
@@ -169,6 +175,7 @@ class SVDHarmonize(_Masked):
         reference: core.ReferenceLike,
         coefficients: Any = None,
         *,
+        kind: str | dict[str, str] = "",
         unit: str = "normalized",
         masking_method: Any = None,
         slice_axis: int = -1,
@@ -177,16 +184,25 @@ class SVDHarmonize(_Masked):
         super().__init__(**kwargs)
         self.reference = core.load_reference(reference)
         self.coefficients = coefficients
+        self.kind = kind
         self.unit = unit
         self.masking_method = masking_method
         self.slice_axis = slice_axis
         core.SVDHarmonize(self.reference, unit=unit, slice_axis=slice_axis)  # checks them
-        self.args_names = ["reference", "coefficients", "unit", "masking_method", "slice_axis"]
+        self.args_names = [
+            "reference",
+            "coefficients",
+            "kind",
+            "unit",
+            "masking_method",
+            "slice_axis",
+        ]
 
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
         def make(name: str) -> core.SVDHarmonize:
             return core.SVDHarmonize(
                 self.reference,
+                kind=kind_for(self.kind, name),
                 coefficients=self.get_parameter(self.coefficients, name),
                 unit=self.unit,
                 slice_axis=self.slice_axis,
@@ -302,6 +318,7 @@ class RandomSVDHarmonizeDeharmonize(_Consumes, RandomTransform, IntensityTransfo
         high: float = DEFAULT_HIGH,
         *,
         per_channel: bool = False,
+        kind: str | dict[str, str] = "",
         unit: str = "normalized",
         masking_method: Any = None,
         slice_axis: int = -1,
@@ -311,6 +328,7 @@ class RandomSVDHarmonizeDeharmonize(_Consumes, RandomTransform, IntensityTransfo
         if not low <= high:
             raise ValueError(f"low ({low}) must not exceed high ({high})")
         self.reference = core.load_reference(reference)
+        self.kind = kind
         self.low, self.high = float(low), float(high)
         self.per_channel = per_channel
         self.unit = unit
@@ -328,6 +346,7 @@ class RandomSVDHarmonizeDeharmonize(_Consumes, RandomTransform, IntensityTransfo
         twin = SVDHarmonize(
             self.reference,
             coefficients,
+            kind=self.kind,
             unit=self.unit,
             masking_method=self.masking_method,
             slice_axis=self.slice_axis,

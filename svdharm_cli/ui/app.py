@@ -21,6 +21,7 @@ from svdharm_cli.ui.parameters import (
     Fractions,
     In,
     Include,
+    Kind,
     Mask,
     MaskChoice,
     MaskDir,
@@ -85,6 +86,7 @@ def fit_reference(
     exclude: Exclude = None,
     mask: Mask = MaskChoice.NONE,
     mask_dir: MaskDir = None,
+    kind: Kind = None,
     workers: Workers = None,
     scheduler: Scheduler = None,
     scheduler_file: SchedulerFile = None,
@@ -109,7 +111,7 @@ def fit_reference(
     from svdharm_cli.run.results import Status
     from svdharm_cli.ui import display
 
-    read = read_options(max_pixels, per_slice, slice_axis, mask, mask_dir)
+    read = read_options(max_pixels, per_slice, slice_axis, mask, mask_dir, kind)
     where = worker_options(workers, scheduler, scheduler_file, device)
     with on_workers("fitting", quiet, where, "no reference") as (executor, on_result):
         reference, problems, ignored = fitting.reference_from_files(
@@ -300,6 +302,7 @@ def compare(
             file_okay=False,
         ),
     ] = None,
+    kind: Kind = None,
     fractions: BandFractions = None,
     folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds (at most).")] = 5,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the folds and pixel samples.")] = 0,
@@ -322,7 +325,7 @@ def compare(
     from svdharm_cli.ui import display
     from svdharm_cli.ui.comparison import render_html
 
-    read = read_options(max_pixels, False, slice_axis, mask, mask_dir)
+    read = read_options(max_pixels, False, slice_axis, mask, mask_dir, kind)
     where = worker_options(workers, scheduler, scheduler_file, device)
     with on_workers("comparing", quiet, where, "nothing") as (executor, on_result):
         result = sampling.compare(

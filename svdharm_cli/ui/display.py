@@ -185,7 +185,8 @@ def comparison(data: dict, quiet: bool) -> None:
         return
     out = stdout()
     groups = ", ".join(f"{g['name']} ({plural(g['count'], 'image')})" for g in data["groups"])
-    out.print(safe(f"groups: {groups}"))
+    kind = f" (kind {data['kind']})" if data.get("kind") else ""
+    out.print(safe(f"groups{kind}: {groups}"))
     sep = data["separability"]
     if sep["accuracy"] is None:
         out.print(safe(f"separability: not measured ({sep.get('reason', '')})"))

@@ -11,6 +11,7 @@ import typer
 
 if TYPE_CHECKING:
     from svdharm_cli.core.masks import MaskMode
+    from svdharm_cli.files.kinds import KindRule
     from svdharm_cli.run.options import ReadOptions, WalkOptions, WorkerOptions
 
 
@@ -159,6 +160,17 @@ MaskDir = Annotated[
         file_okay=False,
     ),
 ]
+Kind = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--kind",
+        metavar="NAME=GLOB",
+        help="Files whose relative path matches GLOB are of kind NAME (T1w, CT, ...), whatever "
+        "their DICOM Modality or BIDS suffix says; repeatable, the first match wins. A "
+        "reference keeps one entry per kind; an input uses its own kind's.",
+        show_default="the file's Modality or BIDS suffix, else none",
+    ),
+]
 In = Annotated[
     Path, typer.Argument(metavar="IN", help="Input image, or folder walked recursively.")
 ]
@@ -179,11 +191,27 @@ def mask_mode(mask: MaskChoice, mask_dir: Optional[Path]) -> MaskMode:
 
 
 def read_options(
-    max_pixels: int, per_slice: bool, slice_axis: int, mask: MaskChoice, mask_dir: Optional[Path]
+    max_pixels: int,
+    per_slice: bool,
+    slice_axis: int,
+    mask: MaskChoice,
+    mask_dir: Optional[Path],
+    kinds: Optional[list[str]] = None,
 ) -> ReadOptions:
     from svdharm_cli.run.options import ReadOptions
 
-    return ReadOptions(max_pixels, per_slice, slice_axis, mask_mode(mask, mask_dir), mask_dir)
+    mode = mask_mode(mask, mask_dir)
+    return ReadOptions(max_pixels, per_slice, slice_axis, mode, mask_dir, kind_rules(kinds))
+
+
+def kind_rules(values: Optional[list[str]]) -> tuple[KindRule, ...]:
+    """``--kind NAME=GLOB`` values as rules; a malformed one is a usage error."""
+    from svdharm_cli.files.kinds import KindRule
+
+    try:
+        return tuple(KindRule.parse(value) for value in values or ())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--kind") from exc
 
 
 def walk_options(

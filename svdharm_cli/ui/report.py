@@ -130,6 +130,7 @@ def _gallery_item(record: dict[str, Any], source: Image, result: Image) -> dict[
 
     return {
         "path": record["path"],
+        "kind": record.get("kind") or "",
         "output": record["outputs"][0]["path"],
         "before": _png_uri(to_display(source.frames[0], window=display_window(source))),
         "after": _png_uri(to_display(result.frames[0], window=display_window(source))),
@@ -157,7 +158,8 @@ def _statistics_plot(
     n = len(fractions) + 1
     names = component_names(n)
     ref = log.get("reference")
-    ref_stats = _reference_stats(ref, pairs[0][1].unit, pairs[0][1].channel_count)
+    first, source = pairs[0][0], pairs[0][1]
+    ref_stats = _reference_stats(ref, source.unit, source.channel_count, first.get("kind") or "")
     fig, axes = plt.subplots(2, n, figsize=(3.2 * n, 5.2), squeeze=False)
     x = np.arange(len(before))
     for row, (label, which) in enumerate((("mean", 0), ("std", 1))):
@@ -195,16 +197,20 @@ def _mask(image: Image) -> np.ndarray | None:
 
 
 def _reference_stats(
-    ref: dict[str, Any] | None, unit: str, channels: int
+    ref: dict[str, Any] | None, unit: str, channels: int, kind: str = ""
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """The statistics of the reference entry for ``unit`` and ``channels``, as the log
-    recorded them (None without a reference or such an entry; logs of version 0.1 held one
-    normalized entry as ``mean`` and ``std``)."""
+    """The statistics of the reference entry for ``kind``, ``unit`` and ``channels``, as
+    the log recorded them (None without a reference or such an entry; logs of version 0.1
+    held one normalized entry as ``mean`` and ``std``; a reference without kinds serves
+    every kind)."""
     if not ref:
         return None
     entries = ref.get("entries") or [{"unit": "normalized", **ref}]
+    with_kinds = any(isinstance(e, dict) and e.get("kind") for e in entries)
     for entry in entries:
         if not isinstance(entry, dict) or entry.get("unit") != unit:
+            continue
+        if with_kinds and entry.get("kind", "") != kind:
             continue
         try:
             mean = np.asarray(entry["mean"], dtype=float)

@@ -21,6 +21,7 @@ from svdharm_cli.ui.parameters import (
     Include,
     IncludeHidden,
     JpegQuality,
+    Kind,
     Log,
     Mask,
     MaskChoice,
@@ -122,6 +123,7 @@ def run_parameters(
     slice_axis: SliceAxis = 2,
     mask: Mask = MaskChoice.NONE,
     mask_dir: MaskDir = None,
+    kind: Kind = None,
     report: Report = False,
 ) -> RunSettings:
     """The parameters harmonize and augment share, declared once (:func:`with_run_parameters`
@@ -129,7 +131,7 @@ def run_parameters(
     from svdharm_cli.files.formats import WriteOptions
 
     return RunSettings(
-        read_options(max_pixels, per_slice, slice_axis, mask, mask_dir),
+        read_options(max_pixels, per_slice, slice_axis, mask, mask_dir, kind),
         WriteOptions(png_compression, jpeg_quality),
         walk_options(include, exclude, include_hidden, skip_existing, settle),
         worker_options(workers, scheduler, scheduler_file, device),

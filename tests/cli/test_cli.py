@@ -274,8 +274,8 @@ def test_channel_mismatch_is_a_per_file_error(
     result = svdharm("harmonize", gray_tree, out, "--reference", gray_reference)
     assert result.code == 1
     assert (
-        "colour.png: is RGB (3 channels) in normalized units, but the reference has statistics "
-        "only for gray (1 channel) in normalized units"
+        "colour.png: is of no kind, RGB (3 channels) in normalized units, but the reference has "
+        "entries only for gray (1 channel) in normalized units"
     ) in result.stderr
     assert (out / "site1/a.png").exists() and not (out / "colour.png").exists()
 

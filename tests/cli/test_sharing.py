@@ -41,21 +41,22 @@ def test_no_paths_leaves_no_path_or_file_name(sites: Path) -> None:
     for name in ("a.json", "b.json", "m.json"):
         text = (sites / name).read_text()
         data = json.loads(text)
-        assert data["format_version"] == 3
+        # Each site holds DICOM (its Modality is a kind): version 4, shared and with kinds.
+        assert data["format_version"] == 4 and {e["kind"] for e in data["entries"]} & {"CT", "CR"}
         assert data["sources"] and all("path" not in s for s in data["sources"])
         for folder in (*SITE_A, *SITE_B):
             assert folder.name not in text and "sample_images" not in text
         for stem in ("fundus_a0", "IM0001", "chest_a0"):
             assert stem not in text
     plain = json.loads((sites / "union.json").read_text())
-    assert plain["format_version"] == 2 and all("path" in s for s in plain["sources"])
+    assert plain["format_version"] == 4 and all("path" in s for s in plain["sources"])
 
 
 def test_a_merge_equals_a_fit_on_the_union(sites: Path) -> None:
     merged, union = _load(sites / "m.json"), _load(sites / "union.json")
     assert merged.fractions == union.fractions and merged.mask == union.mask
-    assert [(e.unit, e.channels, e.images) for e in merged.entries] == [
-        (e.unit, e.channels, e.images) for e in union.entries
+    assert [e.key + (e.images,) for e in merged.entries] == [
+        e.key + (e.images,) for e in union.entries
     ]
     for mine, theirs in zip(merged.entries, union.entries):
         np.testing.assert_allclose(mine.mean, theirs.mean, rtol=0, atol=1e-12)
@@ -71,7 +72,7 @@ def test_the_merge_records_its_provenance(sites: Path) -> None:
     assert [m["sha256"] for m in data["merged"]] == digests
     site_a = json.loads((sites / "a.json").read_text())
     assert data["merged"][0]["entries"] == [
-        {"unit": e["unit"], "channels": e["channels"], "images": e["images"]}
+        {"kind": e["kind"], "unit": e["unit"], "channels": e["channels"], "images": e["images"]}
         for e in site_a["entries"]
     ]
 
@@ -147,8 +148,10 @@ def test_version_1_references_merge(sites: Path, tmp_path: Path) -> None:
     assert merged.code == 0, merged.stderr
     entry = _load(target).entry("normalized", 1)
     site_b = _load(sites / "b.json").entry("normalized", 1)
-    assert entry is not None and site_b is not None and site_b.images == 5
-    assert entry.images == 8  # a version-1 file counts its sources as its images
-    expected = (5 * site_b.mean + 3 * gray.mean * 0.9) / 8
+    # Site B's gray PNGs (its DICOM radiograph has its own kind, CR); the version-1 file's
+    # entry has no kind, so it merges with them.
+    assert entry is not None and site_b is not None and site_b.images == 4
+    assert entry.images == 7  # a version-1 file counts its sources as its images
+    expected = (4 * site_b.mean + 3 * gray.mean * 0.9) / 7
     np.testing.assert_allclose(entry.mean, expected, rtol=0, atol=1e-12)
     assert "old/" not in target.read_text()

@@ -243,8 +243,9 @@ def test_same_ct_in_three_encodings_gives_the_same_hu(tmp_path: Path) -> None:
 
 
 def test_png_reference_harmonizes_a_dicom_radiograph_but_not_ct(tmp_path: Path) -> None:
-    """Normalized units are shared by PNG and non-CT DICOM; CT in HU needs an HU entry, and
-    an input without a matching entry fails alone, named, before its pixels are decoded."""
+    """Normalized units are shared by PNG and non-CT DICOM (a reference without kinds serves
+    every kind, with a warning); CT in HU needs an HU entry, and an input without a matching
+    entry fails alone, named, before its pixels are decoded."""
     save(tmp_path / "refs" / "r.png", textured(48, 40, seed=1))
     ref = tmp_path / "ref.json"
     assert svdharm("fit-reference", tmp_path / "refs", "-o", ref).code == 0
@@ -259,10 +260,11 @@ def test_png_reference_harmonizes_a_dicom_radiograph_but_not_ct(tmp_path: Path) 
     ct = [f for p, f in status.items() if p.startswith("ct/")]
     assert len(ct) == 3 and all(f["status"] == "failed" for f in ct)
     assert (
-        "is gray (1 channel) in HU units, but the reference has statistics only for gray "
-        in (ct[0]["reason"])
+        "is of kind CT, gray (1 channel) in HU units, but the reference has entries only for "
+        "gray (1 channel) in normalized units (1 image)" in (ct[0]["reason"])
     )
     assert "ct/[series 1]" in ct[0]["reason"]
+    assert any("the reference has no kinds but inputs of kind DX" in w for w in log["warnings"])
 
 
 def test_mixed_cohort_gives_one_entry_per_kind(tmp_path: Path) -> None:
@@ -276,10 +278,17 @@ def test_mixed_cohort_gives_one_entry_per_kind(tmp_path: Path) -> None:
     result = svdharm("fit-reference", refs, "-o", ref)
     assert result.code == 0, result.stderr
     entries = {
-        (e["unit"], e["channels"]): e["images"] for e in json.loads(ref.read_text())["entries"]
+        (e["kind"], e["unit"], e["channels"]): e["images"]
+        for e in json.loads(ref.read_text())["entries"]
     }
-    # The MR series and the gray PNG share the normalized gray entry: two images.
-    assert entries == {("normalized", 1): 2, ("normalized", 3): 1, ("HU", 1): 1, ("raw", 1): 1}
+    # The MR series has its own kind (its Modality): the gray PNG's entry is apart.
+    assert entries == {
+        ("", "normalized", 1): 1,
+        ("", "normalized", 3): 1,
+        ("CT", "HU", 1): 1,
+        ("MR", "normalized", 1): 1,
+        ("", "raw", 1): 1,
+    }
     out = tmp_path / "out"
     result = svdharm("harmonize", refs, out, "--reference", ref)
     assert result.code == 0, result.stderr
@@ -425,7 +434,9 @@ def test_kind_mismatch_is_refused_before_pixels_are_decoded(tmp_path: Path, monk
     )
     result = process_file("colour.dcm", config)
     assert result.status == FAILED
-    assert "is RGB (3 channels) in normalized units, but the reference" in result.reason
+    assert "is of kind OT, RGB (3 channels) in normalized units, but the reference" in (
+        result.reason or ""
+    )
 
 
 def test_series_without_extensions_is_one_volume_sniffed_once(

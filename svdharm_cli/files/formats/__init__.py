@@ -126,11 +126,15 @@ class ImageInfo:
         One of :data:`UNITS`.
     frames
         2-D slices the file holds.
+    kind
+        What the image is, when the file says (:mod:`svdharm_cli.files.kinds`: a DICOM
+        Modality, a BIDS suffix); ``""`` when it does not.
     """
 
     channels: int
     unit: str
     frames: int
+    kind: str = ""
 
 
 Check = Callable[[ImageInfo], None]
@@ -189,6 +193,8 @@ class Image:
     volumes
         The frames form this many volumes of equal size, one after the other (a 4-D NIfTI
         is several 3-D volumes); slice statistics are pooled within each.
+    kind
+        What the image is (:mod:`svdharm_cli.files.kinds`); ``""`` when nothing says.
     """
 
     frames: np.ndarray
@@ -199,10 +205,11 @@ class Image:
     mask: np.ndarray | None = None
     unit: str = NORMALIZED
     volumes: int = 1
+    kind: str = ""
 
     @property
     def info(self) -> ImageInfo:
-        return ImageInfo(self.channel_count, self.unit, self.frame_count)
+        return ImageInfo(self.channel_count, self.unit, self.frame_count, self.kind)
 
     @property
     def channels(self) -> np.ndarray:

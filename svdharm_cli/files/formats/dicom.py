@@ -107,6 +107,7 @@ from svdharm_cli.files.formats.dicom_derived import (  # noqa: F401 (IMPLEMENTAT
     to_stored,
     volume_window,
 )
+from svdharm_cli.files.kinds import modality_kind
 
 SUFFIXES = (".dcm", ".dicom")
 RT_DOSE = "1.2.840.10008.5.1.4.1.1.481.2"
@@ -131,8 +132,8 @@ class _Dicom:
         ds = _dataset(path)
         rows, cols, frames, samples = _geometry(path, ds)
         check_pixels(path, cols, rows * frames, how.max_pixels)
-        unit = unit_of(ds)
-        how.check(ImageInfo(samples, unit, frames))
+        unit, kind = unit_of(ds), modality_kind(ds)
+        how.check(ImageInfo(samples, unit, frames, kind))
         # Uncompressed YBR_FULL_422 stores two samples per pixel (chroma shared by two).
         stored_samples = 2 if str(ds.PhotometricInterpretation) == "YBR_FULL_422" else samples
         _check_length(path, ds, rows * cols * frames * stored_samples)
@@ -179,6 +180,7 @@ class _Dicom:
             meta=meta,
             mask=mask,
             unit=unit,
+            kind=kind,
         )
 
     def write(

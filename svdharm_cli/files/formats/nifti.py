@@ -38,6 +38,7 @@ from svdharm_cli.files.formats import (
     check_pixels,
     saturate,
 )
+from svdharm_cli.files.kinds import bids_suffix
 
 GZIP_LEVEL = 6
 
@@ -79,7 +80,8 @@ class _Nifti(FileByFile):
         volumes = shape[3] if len(shape) == 4 else 1
         slices = shape[axis] * volumes
         check_pixels(path, plane[1], plane[0] * slices, how.max_pixels)
-        how.check(ImageInfo(1, RAW, slices))
+        kind = bids_suffix(path.name)
+        how.check(ImageInfo(1, RAW, slices, kind))
         proxy: Any = img.dataobj
         slope, inter = float(proxy.slope), float(proxy.inter)
         try:
@@ -113,6 +115,7 @@ class _Nifti(FileByFile):
             meta=meta,
             unit=RAW,
             volumes=volumes,
+            kind=kind,
         )
 
     def write_one(self, image: Image, new: np.ndarray, path: Path, options: WriteOptions) -> None:
