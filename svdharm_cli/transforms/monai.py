@@ -37,21 +37,29 @@ A decomposition is immutable and a deep copy of it is itself, so ``CacheDataset`
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.data.meta_obj import get_track_meta
 from monai.transforms import MapTransform, RandomizableTransform, Transform
-from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
+from monai.utils import TransformBackends
 
 from svdharm_cli import transforms as core
 from svdharm_cli.core.bands import DEFAULT_FRACTIONS, validate_fractions
 from svdharm_cli.core.decomposition import Decomposition, allow_torch_load
 from svdharm_cli.core.methods import DEFAULT_HIGH, DEFAULT_LOW
+from svdharm_cli.transforms._monai_items import (
+    as_is,
+    channel_count,
+    kind_for,
+    mask_for,
+    mask_of,
+    of_kind,
+    run_on,
+    shared_draw,
+)
 
 __all__ = [
     "RandSVDDeharmonize",
@@ -67,49 +75,6 @@ __all__ = [
 _BACKEND = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
 allow_torch_load()  # PersistentDataset and LMDBDataset load their cache with weights_only
-
-
-def _run(fn: Any, img: Any, mask: Any = None) -> Any:
-    """``fn`` on the plain array or tensor of ``img``, the result in ``img``'s type (a
-    MetaTensor keeps its meta; a decomposition of a MetaTensor gives one back)."""
-    if isinstance(img, Decomposition):
-        return _rebuild(fn(img, mask=mask), img)
-    data = img.as_tensor() if isinstance(img, MetaTensor) else img
-    out = fn(data, mask=mask)
-    if isinstance(img, MetaTensor):
-        result, *_ = convert_to_dst_type(out, dst=img)
-        return result
-    return out
-
-
-def _rebuild(out: Any, d: Decomposition) -> Any:
-    """A result computed from ``d`` as the ``MetaTensor`` it was decomposed from."""
-    template = d.template
-    if not isinstance(template, MetaTensor):
-        return out
-    if not get_track_meta():
-        return convert_to_tensor(out, track_meta=False)
-    return MetaTensor(
-        out,
-        meta=dict(template.meta),
-        applied_operations=list(template.applied_operations),
-    )
-
-
-def _as_is(img: Any) -> Any:
-    """An input not drawn (``prob``), as MONAI's random transforms return it: a tensor."""
-    if isinstance(img, Decomposition):
-        return _rebuild(img.input(), img)
-    return convert_to_tensor(img, track_meta=get_track_meta())
-
-
-def _channels(img: Any) -> int:
-    if len(img.shape) not in (3, 4):
-        raise ValueError(
-            f"expected a channel-first image (C, H, W) or volume (C, H, W, D), got shape "
-            f"{tuple(img.shape)}; add EnsureChannelFirst before this transform"
-        )
-    return int(img.shape[0])
 
 
 class SVDDecompose(Transform):
@@ -171,7 +136,7 @@ class SVDDecomposed(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        mask = _mask_of(d, self.mask_key)
+        mask = mask_of(d, self.mask_key)
         for key in self.key_iterator(d):
             d[key] = self.decompose(d[key], mask)
         return d
@@ -198,7 +163,7 @@ class SVDHarmonize(Transform):
 
     def __call__(self, img: Any, mask: core.MaskLike = None, kind: str | None = None) -> Any:
         """``kind`` (a dictionary transform's, per key) replaces the transform's own."""
-        return _run(_of_kind(self.transform, kind), img, mask)
+        return run_on(of_kind(self.transform, kind), img, mask)
 
 
 class _Draw(RandomizableTransform):
@@ -222,7 +187,7 @@ class _Draw(RandomizableTransform):
         if not self._do_transform:
             self.coefficients = None
             return
-        channels = 1 if data is None else _channels(data)
+        channels = 1 if data is None else channel_count(data)
         n = self.n_components
         if self.per_channel:
             self.coefficients = self.R.uniform(self.low, self.high, size=(channels, n))
@@ -260,7 +225,7 @@ class RandSVDDeharmonize(_Draw):
         if randomize:
             self.randomize(img)
         if self.coefficients is None:
-            return _as_is(img)
+            return as_is(img)
         fn = core.SVDDeharmonize(
             self.coefficients,
             fractions=self.fractions,
@@ -268,7 +233,7 @@ class RandSVDDeharmonize(_Draw):
             mask=self.mask,
             slice_axis=self.slice_axis,
         )
-        return _run(fn, img, mask)
+        return run_on(fn, img, mask)
 
 
 class RandSVDHarmonizeDeharmonize(_Draw):
@@ -318,7 +283,7 @@ class RandSVDHarmonizeDeharmonize(_Draw):
             mask=h.mask,
             slice_axis=h.slice_axis,
         )
-        return _run(fn, img, mask)
+        return run_on(fn, img, mask)
 
 
 class SVDHarmonized(MapTransform):
@@ -346,9 +311,9 @@ class SVDHarmonized(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        mask = _mask_of(d, self.mask_key)
+        mask = mask_of(d, self.mask_key)
         for key in self.key_iterator(d):
-            mine = _mask_for(d[key], mask, self.mask_key)
+            mine = mask_for(d[key], mask, self.mask_key)
             d[key] = self.harmonizer(d[key], mine, kind=kind_for(self.kind, key))
         return d
 
@@ -369,7 +334,7 @@ class _SharedDraw(RandomizableTransform, MapTransform):
         return self
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        return _shared_draw(self, self.array, data, self.harmonize_always)
+        return shared_draw(self, self.array, data, self.harmonize_always)
 
 
 class RandSVDDeharmonized(_SharedDraw):
@@ -445,76 +410,3 @@ class RandSVDHarmonizeDeharmonized(_SharedDraw):
             slice_axis=slice_axis,
         )
         self.mask_key = mask_key
-
-
-def kind_for(kind: str | Mapping[Hashable, str], key: Hashable) -> str:
-    """The kind of the item at ``key``: ``kind`` itself, or its entry for ``key`` when it is
-    a mapping by key (``""``, no kind, for a key it does not name)."""
-    return kind.get(key, "") if isinstance(kind, Mapping) else kind
-
-
-def _of_kind(transform: core.SVDHarmonize, kind: str | None) -> core.SVDHarmonize:
-    """``transform``, or its twin for another ``kind`` (the same reference and options)."""
-    if kind is None or kind == transform.kind:
-        return transform
-    twin = copy.copy(transform)
-    twin.kind = kind
-    return twin
-
-
-def _mask_of(d: Mapping[Hashable, Any], key: Hashable | None) -> Any:
-    if key is None:
-        return None
-    if key not in d:
-        raise KeyError(f"mask_key {key!r} is not in the sample")
-    mask = d[key]
-    mask = mask.as_tensor() if isinstance(mask, MetaTensor) else mask
-    return mask > 0
-
-
-def _shared_draw(
-    outer: Any, array: Any, data: Mapping[Hashable, Any], harmonize_always: bool = False
-) -> dict[Hashable, Any]:
-    """Draw once for the sample (``outer.prob``, then ``array``'s coefficients from the
-    first key) and apply the draw to every key."""
-    d = dict(data)
-    outer.randomize(None)
-    first = outer.first_key(d)
-    if first == ():
-        return d
-    mask = _mask_of(d, outer.mask_key)
-    if outer._do_transform:
-        array.randomize(d[first])
-    else:
-        array.coefficients = None
-    if array.coefficients is None and not harmonize_always:
-        for key in outer.key_iterator(d):
-            d[key] = _as_is(d[key])
-        return d
-    channels = _channels(d[first])
-    for key in outer.key_iterator(d):
-        if _channels(d[key]) != channels:
-            raise ValueError(
-                f"key {key!r} has {_channels(d[key])} channels but {first!r} has {channels}: "
-                "one draw is shared by the keys of a sample"
-            )
-        mine = _mask_for(d[key], mask, outer.mask_key)
-        kind = getattr(outer, "kind", None)
-        if kind is None:  # a transform of no reference
-            d[key] = array(d[key], mine, randomize=False)
-        else:
-            d[key] = array(d[key], mine, randomize=False, kind=kind_for(kind, key))
-    return d
-
-
-def _mask_for(item: Any, mask: Any, key: Hashable | None) -> Any:
-    """The mask to pass with ``item``: none for a decomposition, which carries the mask it
-    was made with (refused when it has none but ``mask_key`` names one)."""
-    if not isinstance(item, Decomposition):
-        return mask
-    if mask is not None and item.mask is None:
-        raise ValueError(
-            f"mask_key {key!r} names a mask, but the decomposition was made without one: "
-            "give mask_key to SVDDecomposed"
-        )
-    return None
