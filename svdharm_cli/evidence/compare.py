@@ -71,6 +71,8 @@ class Sample:
     percentiles: np.ndarray
     pixels: np.ndarray
     kind: str = ""
+    label: str = ""
+    """Its manifest row's value in the ``--label`` column, when one was asked for."""
 
     @property
     def features(self) -> np.ndarray:
@@ -93,6 +95,10 @@ class Comparison:
     seconds: float = 0.0
     kind: str = ""
     """The kind of image compared (``""``: images that say none)."""
+    label: dict[str, Any] | None = None
+    """:func:`label_measures` of the images (with ``--label``)."""
+    after: dict[str, Any] | None = None
+    """With ``--reference``: ``separability`` and ``label`` of the images harmonized."""
 
     def to_dict(self) -> dict[str, Any]:
         n = len(self.fractions) + 1
@@ -108,6 +114,15 @@ class Comparison:
             "components": ["base"] + [f"band{i}" for i in range(1, n)],
             "groups": self.groups,
             "separability": self.separability,
+            **({} if self.label is None else {"label": self.label}),
+            **(
+                {}
+                if self.after is None
+                else {
+                    "before": {"separability": self.separability, "label": self.label},
+                    "after": self.after,
+                }
+            ),
             "wasserstein": self.wasserstein,
             "statistics": [
                 {
@@ -206,6 +221,41 @@ def _pad(values: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     return values[rng.integers(0, values.size, size)]
 
 
+def _cross_validated(
+    features: np.ndarray, targets: np.ndarray, folds: int, seed: int
+) -> list[float]:
+    """Accuracies of the classifier (standardized features, logistic regression) over
+    stratified folds."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    with warnings.catch_warnings():
+        _quiet_convergence()
+        scores = cross_val_score(
+            _classifier(),
+            features,
+            targets,
+            cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+        )
+    return [float(s) for s in scores]
+
+
+def _classifier() -> Any:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+
+
+def _quiet_convergence() -> None:
+    from sklearn.exceptions import ConvergenceWarning
+
+    warnings.simplefilter("ignore", ConvergenceWarning)
+
+
+CLASSIFIER = "standardized features, logistic regression (scikit-learn)"
+
+
 def separability(samples: Sequence[Sample], groups: int, folds: int, seed: int) -> dict[str, Any]:
     """Cross-validated accuracy of predicting the group from the features, and chance."""
     labels = np.array([s.group for s in samples])
@@ -217,26 +267,64 @@ def separability(samples: Sequence[Sample], groups: int, folds: int, seed: int) 
     if present.size < 2 or k < 2:
         result["reason"] = "each of at least two groups needs two or more images"
         return result
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     features = np.stack([s.features for s in samples])
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        scores = cross_val_score(
-            model, features, labels, cv=StratifiedKFold(k, shuffle=True, random_state=seed)
-        )
+    scores = _cross_validated(features, labels, k, seed)
     result.update(
-        accuracy=float(scores.mean()),
+        accuracy=float(np.mean(scores)),
         folds=k,
-        fold_accuracy=[float(s) for s in scores],
+        fold_accuracy=scores,
         features=int(features.shape[1]),
-        classifier="standardized features, logistic regression (scikit-learn)",
+        classifier=CLASSIFIER,
     )
+    return result
+
+
+def label_measures(samples: Sequence[Sample], column: str, folds: int, seed: int) -> dict[str, Any]:
+    """How well the features predict each image's label (``Sample.label``, a manifest
+    column), from the same features as :func:`separability`:
+
+    - ``accuracy``: cross-validated over all images (stratified by label);
+    - ``leave_one_site_out``: trained on every other site, tested on the one held out, for
+      each site in turn, pooled over all held-out images (``per_site`` each site's): what a
+      model trained elsewhere sees; a site whose training sites hold fewer than two labels
+      is not tested;
+    - ``chance``: the largest label's share (what always answering it scores).
+    """
+    labels = np.array([s.label for s in samples])
+    sites = np.array([s.group for s in samples])
+    classes, targets = np.unique(labels, return_inverse=True)
+    counts = np.bincount(targets)
+    result: dict[str, Any] = {
+        "column": column,
+        "accuracy": None,
+        "leave_one_site_out": None,
+        "chance": float(counts.max() / counts.sum()) if counts.size else None,
+        "labels": int(classes.size),
+        "folds": 0,
+        "per_site": [],
+    }
+    if classes.size < 2:
+        result["reason"] = "the images need two or more labels"
+        return result
+    features = np.stack([s.features for s in samples])
+    k = int(min(folds, counts.min()))
+    if k >= 2:
+        result.update(
+            accuracy=float(np.mean(_cross_validated(features, targets, k, seed))), folds=k
+        )
+    correct = tested = 0
+    for site in np.unique(sites):
+        held, train = sites == site, sites != site
+        if np.unique(targets[train]).size < 2:
+            continue
+        with warnings.catch_warnings():
+            _quiet_convergence()
+            model = _classifier().fit(features[train], targets[train])
+        hits = int((model.predict(features[held]) == targets[held]).sum())
+        correct, tested = correct + hits, tested + int(held.sum())
+        result["per_site"].append({"group": int(site), "accuracy": hits / int(held.sum())})
+    if tested:
+        result["leave_one_site_out"] = correct / tested
     return result
 
 

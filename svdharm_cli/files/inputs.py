@@ -11,8 +11,8 @@ together (METHOD.md section 3a).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -87,17 +87,33 @@ def _described(info: ImageInfo) -> str:
     return f"{kind}, {describe_kind(info.unit, info.channels)}"
 
 
+@dataclass(frozen=True)
+class MaskFiles:
+    """Where each input file's mask file is: under a ``folder`` mirroring the inputs
+    (``--mask-dir``), or ``listed`` by relative path (a manifest's ``mask`` column: a file
+    it lists no mask for is taken whole)."""
+
+    folder: Path | None = None
+    listed: Mapping[str, Path] | None = None
+
+    def __call__(self, rel: str) -> Path | None:
+        if self.listed is not None:
+            return self.listed.get(rel)
+        return None if self.folder is None else self.folder / rel
+
+
 def input_masks(
     images: list[Image],
     inp: Input,
     root: Path,
     mask: MaskMode = MaskMode.NONE,
-    mask_dir: Path | None = None,
+    mask_dir: Path | MaskFiles | None = None,
     slice_axis: int = 2,
 ) -> list[np.ndarray | None]:
     """The statistics mask of each file of an input, bool ``(f, h, w)`` or None (every pixel):
     DICOM Pixel Padding, intersected with the automatic estimate (``mask="auto"``, one per
-    volume) or with the mask file of the same relative path under ``mask_dir``."""
+    volume) or with the file's mask file (``mask="dir"``: the same relative path under
+    ``mask_dir``, or where :class:`MaskFiles` says)."""
     from svdharm_cli.core.masks import auto_mask
     from svdharm_cli.files.formats import read_mask
 
@@ -107,11 +123,16 @@ def input_masks(
         extra: list[np.ndarray | None] = [estimate[a:b] for a, b in zip(sizes, sizes[1:])]
     elif mask == MaskMode.DIR:
         assert mask_dir is not None, "mask 'dir' needs a mask folder"
+        files = mask_dir if isinstance(mask_dir, MaskFiles) else MaskFiles(mask_dir)
         extra = []
         for rel, image in zip(inp.files, images):
-            path = mask_dir / rel
+            path = files(rel)
+            if path is None:
+                extra.append(None)
+                continue
             if not path.is_file():
-                raise ImageError(f"{root / rel}: no mask file {path} (--mask-dir mirrors IN)")
+                where = "--mask-dir mirrors IN" if files.listed is None else "the manifest's"
+                raise ImageError(f"{root / rel}: no mask file {path} ({where})")
             found = read_mask(path, slice_axis)
             want = (image.frame_count, *image.frames.shape[2:])
             if found.shape != want:

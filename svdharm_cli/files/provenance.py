@@ -35,7 +35,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,7 +216,7 @@ def verdict(
     in_root: Path,
     out_root: Path,
     recipe: Recipe,
-    mask_dir: Path | None,
+    mask_files: Callable[[str], Path | None] | None,
 ) -> tuple[str | None, dict[str, Any] | None]:
     """Whether an input's outputs are what the same command would make today.
 
@@ -240,13 +240,14 @@ def verdict(
         return "reference changed", None
     if found.get("recipe") != recipe.digest:
         return "parameters changed", None
-    if bool(masks) != (mask_dir is not None):
-        return "parameters changed (mask folder)", None
+    masked = [] if mask_files is None else [rel for rel in files if mask_files(rel) is not None]
+    if [m[0] for m in masks] != masked:
+        return "parameters changed (mask files)", None
     touched = False
-    for kind, root, entries in (("input", in_root, recorded), ("mask", mask_dir, masks)):
+    for kind, entries in (("input", recorded), ("mask", masks)):
         for i, (rel, size, mtime, digest) in enumerate(entries):
-            assert root is not None
-            path = root / rel
+            path = in_root / rel if kind == "input" or mask_files is None else mask_files(rel)
+            assert path is not None
             now = quick(path)
             if now == (size, mtime):
                 continue

@@ -28,6 +28,7 @@ from svdharm_cli.core.volume import volume_moments
 from svdharm_cli.errors import ImageError, ReferenceFileError, SkipImage, UsageError
 from svdharm_cli.files.atomic import write_text
 from svdharm_cli.files.inputs import input_masks, read_input, volumes_of
+from svdharm_cli.files.manifest import Manifest
 from svdharm_cli.files.plan import Input, discover, plan_inputs
 from svdharm_cli.run.executors import Executor, OneByOne
 from svdharm_cli.run.executors.local import LocalPool
@@ -60,7 +61,7 @@ def input_statistics(
     of a 4-D NIfTI counts as one; with ``read.per_slice`` every slice counts as one image.
     """
     images = read_input(root, inp, read.max_pixels, read.slice_axis, kinds=read.kinds)
-    masks = input_masks(images, inp, root, read.mask, read.mask_dir, read.slice_axis)
+    masks = input_masks(images, inp, root, read.mask, read.mask_files, read.slice_axis)
     slices = [frame for image in images for frame in image.frames]
     planes = [
         None if volume_mask is None else volume_mask[f]
@@ -142,9 +143,11 @@ def reference_from_files(
     walk: WalkOptions = WalkOptions(),
     on_result: Callable[[FileResult], None] = lambda r: None,
     executor: Executor | None = None,
+    manifest: Manifest | None = None,
 ) -> tuple[Reference, list[FileResult], int]:
     """Fit a reference from image files and folders (walked like inputs, with ``walk``'s
-    globs); also return the problems and how many files no format takes were ignored.
+    globs) and the files a ``manifest`` lists; also return the problems and how many files
+    no format takes were ignored.
 
     Images are grouped by (unit, channel count), one reference entry per group; a DICOM
     series or other volume counts as one image. The statistics of each input are taken by
@@ -167,6 +170,13 @@ def reference_from_files(
         inputs = plan_inputs(root, found.images, found.dicom)
         first = len(items)  # items are numbered over all inputs, in input order
         items.extend(Rooted(first + i, root, u, found.root) for i, u in enumerate(inputs))
+    if manifest is not None:
+        root = executor.worker_path(manifest.root)
+        for folder in manifest.folders():
+            walk_problems.extend(walk_results(manifest.root, folder.unlisted, ()))
+            inputs = plan_inputs(root, folder.images, folder.dicom)
+            first = len(items)
+            items.extend(Rooted(first + i, root, u, manifest.root) for i, u in enumerate(inputs))
     for result in walk_problems:
         on_result(result)
     if not items:

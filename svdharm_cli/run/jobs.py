@@ -21,6 +21,7 @@ from svdharm_cli.core.bands import DEFAULT_FRACTIONS
 from svdharm_cli.core.reference import Reference, kind_names
 from svdharm_cli.errors import UsageError
 from svdharm_cli.files.atomic import forget_folders
+from svdharm_cli.files.manifest import Manifest, check_listed, write_output_table
 from svdharm_cli.files.plan import Input, check_roots
 from svdharm_cli.files.provenance import Ledger, Recipe
 from svdharm_cli.files.safety import OutputLock, sweep_temporaries
@@ -77,6 +78,8 @@ def run(
     """
     started, clock = utc_now(), time.perf_counter()
     check_roots(request.inp, request.out)
+    if request.manifest is not None:
+        check_listed(request.manifest, request.out)
     reference, ref_record = None, None
     if request.reference is not None:  # before OUT is created: a bad reference leaves no trace
         reference, ref_record = load_reference(request.reference, request.fractions, request.read)
@@ -171,7 +174,7 @@ def _dispatch(
     parameters = request.parameters(config.fractions, executor.remote)
 
     def told(result: FileResult) -> None:
-        spill.add(result)
+        spill.add(_with_row(request.manifest, result))
         on_result(result)
 
     walked.told = told
@@ -188,7 +191,7 @@ def _dispatch(
 
     def sink(result: FileResult) -> None:
         kinds.add(result.kind)
-        spill.add(resume.take(result))
+        spill.add(resume.take(_with_row(request.manifest, result)))
 
     try:
         outcome = run_inputs(executor, resume.inputs(inputs), config, on_result, sink=sink)
@@ -228,6 +231,8 @@ def _dispatch(
         log_path, log_problem = write_log_somewhere(
             data, request.out, request.command, request.log, spill.lines
         )
+        if request.manifest is not None and log_path is not None:
+            _output_table(request.manifest, spill, request.out, log_path, warnings)
     finally:
         spill.close()
         ledger.close()
@@ -255,6 +260,24 @@ def _mask_warnings(reference: Reference | None, request: RunRequest) -> list[str
         f"the reference's statistics were taken with --mask {reference.mask} but this run "
         f"uses --mask {request.read.mask}: their band statistics are not comparable"
     ]
+
+
+def _with_row(manifest: Manifest | None, result: FileResult) -> FileResult:
+    """``result`` with its manifest row's cells, when a table listed it."""
+    row = None if manifest is None else manifest.by_rel.get(result.path)
+    return result if row is None else replace(result, columns=row.values)
+
+
+def _output_table(
+    manifest: Manifest, spill: Spill, out: Path, log_path: Path, warnings: list[str]
+) -> None:
+    """The output table beside the log (:func:`~svdharm_cli.files.manifest.write_output_table`)."""
+    suffix = ".tsv" if manifest.delimiter == "\t" else ".csv"
+    records = (json.loads(line) for line in spill.lines())
+    try:
+        write_output_table(manifest, records, out, log_path.with_suffix(suffix))
+    except OSError as exc:
+        warnings.append(f"the output table could not be written ({exc.strerror or exc})")
 
 
 def _kind_warnings(reference: Reference | None, kinds: set[str]) -> list[str]:
@@ -310,11 +333,12 @@ NOT_IN_RECIPE = (
     "skip_existing",
     "settle",
     "mask_dir",
+    "manifest",
 )
 """The logged parameters that do not decide the outputs' bytes
 (:mod:`svdharm_cli.files.provenance`): the workers, the walk, where masks were read from
-(their files are recorded one by one). The device is not a parameter: its results agree
-within the accuracy bound."""
+(their files are recorded one by one), the table that listed the inputs. The device is not
+a parameter: its results agree within the accuracy bound."""
 
 
 def _recipe(

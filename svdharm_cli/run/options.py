@@ -23,13 +23,19 @@ from typing import Any
 from svdharm_cli.core.masks import MaskMode
 from svdharm_cli.core.methods import DEFAULT_HIGH, DEFAULT_LOW, Method
 from svdharm_cli.files.formats import DEFAULT_MAX_PIXELS, WriteOptions
+from svdharm_cli.files.inputs import MaskFiles
 from svdharm_cli.files.kinds import KindRule
+from svdharm_cli.files.manifest import Manifest
 
 
 def logged(options: Any) -> dict[str, Any]:
     """The fields of a frozen options value as the run log writes them: paths as strings,
     tuples as lists, enums as their values, in field order."""
-    return {f.name: _plain(getattr(options, f.name)) for f in dataclasses.fields(options)}
+    return {
+        f.name: _plain(getattr(options, f.name))
+        for f in dataclasses.fields(options)
+        if f.metadata.get("logged", True)
+    }
 
 
 def _plain(value: Any) -> Any:
@@ -57,11 +63,16 @@ class ReadOptions:
     """Where mask files mirror the inputs (``mask`` is then :attr:`MaskMode.DIR`)."""
     kinds: tuple[KindRule, ...] = ()
     """The user's kind rules (``--kind NAME=GLOB``), first match first."""
+    listed_masks: MaskFiles | None = field(default=None, metadata={"logged": False})
+    """Mask files listed per input (a manifest's ``mask`` column), instead of ``mask_dir``;
+    not logged (the log names the manifest, and the provenance records each mask file)."""
 
     @property
-    def mask_files(self) -> Path | None:
-        """The folder of mask files, when masks come from files."""
-        return self.mask_dir if self.mask == MaskMode.DIR else None
+    def mask_files(self) -> MaskFiles | None:
+        """Where the mask files are, when masks come from files."""
+        if self.mask != MaskMode.DIR:
+            return None
+        return self.listed_masks or (None if self.mask_dir is None else MaskFiles(self.mask_dir))
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,9 @@ class RunRequest:
     where: WorkerOptions = field(default_factory=WorkerOptions)
     log: Path | None = None
     argv: tuple[str, ...] = ()
+    manifest: Manifest | None = None
+    """The table of inputs (``--manifest``), when a table gives them; ``inp`` is then its
+    root."""
 
     @property
     def random(self) -> bool:
@@ -145,4 +159,5 @@ class RunRequest:
             **logged(self.walk),
             **logged(self.write),
             **logged(self.read),
+            "manifest": None if self.manifest is None else str(self.manifest.source),
         }

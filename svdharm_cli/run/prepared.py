@@ -158,14 +158,17 @@ def prepare(inp: Input, config: JobConfig, tell: Report) -> Prepared | None:
                 _check_inside(config.out_root, out_rel)
         # What is read, before it is read: the provenance record's identity of each file.
         prepared.identities = [identity(config.in_root / rel) for rel in inp.files]
-        if read.mask_files is not None:
-            prepared.mask_identities = [identity(read.mask_files / rel) for rel in inp.files]
+        files = read.mask_files
+        if files is not None:
+            prepared.mask_identities = [
+                None if (path := files(rel)) is None else identity(path) for rel in inp.files
+            ]
         prepared.images = read_input(
             config.in_root, inp, read.max_pixels, read.slice_axis, config.reference, read.kinds
         )
         prepared.entry = entry_for(config.reference, prepared.images[0].info, first)
         prepared.masks = input_masks(
-            prepared.images, inp, config.in_root, read.mask, read.mask_dir, read.slice_axis
+            prepared.images, inp, config.in_root, read.mask, read.mask_files, read.slice_axis
         )
         random = config.method is not Method.HARMONIZE
         for j in range(len(planned[0])):

@@ -7,7 +7,7 @@ files' outcome, so that no bad file ends a batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -75,6 +75,8 @@ class FileResult:
     """Why ``--skip-existing`` made this file again (set by the run, not the worker)."""
     kind: str = ""
     """The input's kind (:mod:`svdharm_cli.files.kinds`), when it was read."""
+    columns: Mapping[str, str] | None = None
+    """Its manifest row's cells, when a table listed it (set by the run)."""
 
 
 Report = Callable[[list[FileResult]], None]

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
+from svdharm_cli.files.inputs import MaskFiles
 from svdharm_cli.files.plan import Input, output_paths
 from svdharm_cli.files.provenance import Ledger, Recipe, record, verdict
 from svdharm_cli.run.results import ALREADY_DONE, OK, SKIPPED, FileResult
@@ -33,14 +34,14 @@ class Resume:
         recipe: Recipe,
         in_root: Path,
         out_root: Path,
-        mask_dir: Path | None,
+        mask_files: MaskFiles | None,
         *,
         skip_existing: bool,
         told: Callable[[FileResult], None],
     ) -> None:
         self.ledger = ledger
         self.recipe = recipe
-        self.in_root, self.out_root, self.mask_dir = in_root, out_root, mask_dir
+        self.in_root, self.out_root, self.mask_files = in_root, out_root, mask_files
         self.skip_existing = skip_existing
         self.told = told
         self.redone: Counter[str] = Counter()
@@ -54,7 +55,7 @@ class Resume:
             if self.skip_existing:
                 found = self.ledger.get(inp.key)
                 why, refreshed = verdict(
-                    found, inp.files, self.in_root, self.out_root, self.recipe, self.mask_dir
+                    found, inp.files, self.in_root, self.out_root, self.recipe, self.mask_files
                 )
                 if why is None:
                     if refreshed is not None:  # touched, not changed: the quick check again
@@ -103,14 +104,15 @@ class Resume:
     def _record(self, inp: Input, results: list[FileResult]) -> None:
         if not all(r.status == OK and r.identity is not None for r in results):
             return
-        masks = [] if self.mask_dir is None else [r.mask_identity for r in results]
-        if any(m is None for m in masks):
+        files = self.mask_files
+        with_masks = [r for r in results if files is not None and files(r.path) is not None]
+        if any(r.mask_identity is None for r in with_masks):
             return
         self.ledger.put(
             inp.key,
             record(
                 [(r.path, r.identity) for r in results if r.identity is not None],
-                [(r.path, m) for r, m in zip(results, masks) if m is not None],
+                [(r.path, r.mask_identity) for r in with_masks if r.mask_identity is not None],
                 self.recipe,
                 [o.path for r in results for o in r.outputs],
                 iso(utc_now()),

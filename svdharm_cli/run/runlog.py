@@ -117,6 +117,7 @@ def file_record(result: FileResult) -> dict[str, Any]:
         "fallback": result.fallback,
         "redone": result.redone,
         "kind": result.kind,
+        **({} if result.columns is None else {"columns": dict(result.columns)}),
     }
 
 

@@ -16,18 +16,22 @@ import numpy as np
 
 from svdharm_cli.core.device import CPU, Device, on_device, resolve
 from svdharm_cli.core.masks import MaskMode
-from svdharm_cli.core.reference import describe_kind
+from svdharm_cli.core.reference import Reference, describe_kind
+from svdharm_cli.core.volume import transform_volume
 from svdharm_cli.errors import UsageError
 from svdharm_cli.evidence.compare import (
     DEFAULT_FOLDS,
     Comparison,
     Sample,
     distances,
+    label_measures,
     sample_from_moments,
     separability,
     slice_features,
 )
-from svdharm_cli.files.inputs import input_masks, read_input
+from svdharm_cli.files.formats import NORMALIZED
+from svdharm_cli.files.inputs import entry_for, input_masks, read_input, volumes_of
+from svdharm_cli.files.manifest import Manifest
 from svdharm_cli.files.plan import Input, discover, plan_inputs
 from svdharm_cli.run.executors import Executor, OneByOne
 from svdharm_cli.run.executors.local import LocalPool
@@ -48,14 +52,22 @@ def compare(
     fractions: Sequence[float],
     read: ReadOptions = ReadOptions(),
     *,
+    manifest: Manifest | None = None,
+    label: str | None = None,
+    reference: Reference | None = None,
     folds: int = DEFAULT_FOLDS,
     seed: int = 0,
     on_result: Callable[[FileResult], None] = lambda r: None,
     executor: Executor | None = None,
 ) -> Comparison:
-    """Features of every image of every group, then separability and distances.
+    """Features of every image of every group, then separability and distances; with
+    ``label`` (a manifest column) the label's measures (:func:`label_measures`); with a
+    ``reference``, every image also harmonized in memory as harmonize would, and the same
+    measures after.
 
-    ``read.mask_dir`` holds one subfolder of masks per group, named like the group.
+    The groups are ``folders``, or a ``manifest``'s sites (its ``site`` column, in order of
+    first appearance). ``read.mask_dir`` holds one subfolder of masks per group folder,
+    named like the group (a manifest's masks are its ``mask`` column).
 
     The features are taken by ``executor``'s workers (this process by default); each
     image's pixel sample has its own seed (from ``seed`` and the image's place in the
@@ -65,30 +77,22 @@ def compare(
     """
     start = time.perf_counter()
     executor = executor or LocalPool(1)
-    if len(folders) < 2:
-        raise UsageError("compare needs at least two groups (folders)")
-    for folder in folders:
-        if not folder.is_dir():
-            raise UsageError(f"group {folder} is not a folder")
-    names = group_names(folders)
     here = executor.worker_path
-    items: list[Grouped] = []
-    walk_problems: list[FileResult] = []
-    for k, folder in enumerate(folders):
-        found = discover(folder)
-        walk_problems.extend(walk_results(found.root, found.unlisted, found.notes))
-        root = here(found.root)
-        masks = None if read.mask_dir is None else here(read.mask_dir / names[k])
-        for work in plan_inputs(root, found.images, found.dicom):
-            items.append(Grouped(len(items), root, work, found.root, k, masks))
+    if manifest is not None:
+        names, items, walk_problems = _listed(manifest, label, here)
+    else:
+        names, items, walk_problems = _walked(folders, read, here)
+    if len(names) < 2:
+        raise UsageError("compare needs at least two groups (folders, or sites of a manifest)")
     executor.check(
         sorted({item.root for item in items} | ({here(read.mask_dir)} if read.mask_dir else set())),
         [],
     )
-    task = SampleInputs(tuple(fractions), read, seed, executor.device)
+    task = SampleInputs(tuple(fractions), read, seed, executor.device, reference)
     ordered: list[Sampled] = gather(executor, task, items, on_result)
     problems = walk_problems + [r for o in ordered for r in o.results if r.status != OK]
     samples = [o.sample for o in ordered if o.sample is not None]
+    after = {id(o.sample): o.after for o in ordered if o.sample is not None}
     if not samples:
         raise UsageError("no image in the groups could be read")
     kinds = Counter((s.kind, s.unit, s.channels) for s in samples)
@@ -105,9 +109,14 @@ def compare(
             )
             problems.append(FileResult(s.path, SKIPPED, reason, kind=s.kind))
     groups = [
-        {"name": names[k], "path": str(f), "count": sum(s.group == k for s in kept)}
-        for k, f in enumerate(folders)
+        {
+            "name": name,
+            "path": str(folders[k]) if manifest is None else str(manifest.source),
+            "count": sum(s.group == k for s in kept),
+        }
+        for k, name in enumerate(names)
     ]
+    harmonized = [after[id(s)] for s in kept] if reference is not None else []
     return Comparison(
         groups=groups,
         fractions=tuple(fractions),
@@ -116,11 +125,71 @@ def compare(
         channels=channels,
         samples=kept,
         kind=kind,
-        separability=separability(kept, len(folders), folds, seed),
+        separability=separability(kept, len(names), folds, seed),
+        label=None if label is None else label_measures(kept, label, folds, seed),
+        after=None
+        if reference is None
+        else {
+            "separability": separability(
+                [h for h in harmonized if h is not None], len(names), folds, seed
+            ),
+            "label": None
+            if label is None
+            else label_measures([h for h in harmonized if h is not None], label, folds, seed),
+        },
         wasserstein=distances(kept, names),
         problems=problems,
         seconds=time.perf_counter() - start,
     )
+
+
+def _walked(
+    folders: Sequence[Path], read: ReadOptions, here: Callable[[Path], Path]
+) -> tuple[list[str], list[Grouped], list[FileResult]]:
+    """The groups' names, the items and the walks' problems of folders as groups."""
+    for folder in folders:
+        if not folder.is_dir():
+            raise UsageError(f"group {folder} is not a folder")
+    names = group_names(folders)
+    items: list[Grouped] = []
+    problems: list[FileResult] = []
+    for k, folder in enumerate(folders):
+        found = discover(folder)
+        problems.extend(walk_results(found.root, found.unlisted, found.notes))
+        root = here(found.root)
+        masks = None if read.mask_dir is None else here(read.mask_dir / names[k])
+        for work in plan_inputs(root, found.images, found.dicom):
+            items.append(Grouped(len(items), root, work, found.root, k, masks))
+    return names, items, problems
+
+
+def _listed(
+    manifest: Manifest, label: str | None, here: Callable[[Path], Path]
+) -> tuple[list[str], list[Grouped], list[FileResult]]:
+    """The same for a manifest: its sites as groups, each row's label (an empty cell is a
+    usage error: every image compared needs one)."""
+    site_column = manifest.column("site")
+    label_column = None if label is None else manifest.column(label)
+    names: list[str] = []
+    for row in manifest.rows:
+        site = row.values[site_column]
+        if not site:
+            raise UsageError(f"{manifest.source}: {row.rel} has no site; compare needs one")
+        if label_column is not None and not row.values[label_column]:
+            raise UsageError(f"{manifest.source}: {row.rel} has no {label_column!r} value")
+        if site not in names:
+            names.append(site)
+    root = here(manifest.root)
+    items: list[Grouped] = []
+    problems: list[FileResult] = []
+    for folder in manifest.folders():
+        problems.extend(walk_results(manifest.root, folder.unlisted, ()))
+        for work in plan_inputs(root, folder.images, folder.dicom):
+            row = manifest.by_rel[work.files[0]]
+            group = names.index(row.values[site_column])
+            value = "" if label_column is None else row.values[label_column]
+            items.append(Grouped(len(items), root, work, manifest.root, group, None, value))
+    return names, items, problems
 
 
 @dataclass(frozen=True)
@@ -130,6 +199,7 @@ class Grouped(Rooted):
 
     group: int
     mask_dir: Path | None
+    label: str = ""
 
 
 @dataclass(frozen=True)
@@ -139,6 +209,8 @@ class Sampled:
     index: int
     results: list[FileResult]
     sample: Sample | None
+    after: Sample | None = None
+    """The same image harmonized in memory (with a reference)."""
 
 
 @dataclass(frozen=True)
@@ -150,25 +222,28 @@ class SampleInputs(OneByOne):
     """``mask_dir``: unused (each group's is its item's)."""
     seed: int
     device: str = "cpu"
+    reference: Reference | None = None
 
     def one(
         self, item: Grouped, threads: int, report: Callable[[Any], None], stop: Any = None
     ) -> None:
-        rng = np.random.default_rng([self.seed, item.index])
         outcome = _sample(
-            item.group,
-            item.root,
-            item.inp,
+            item,
             self.fractions,
-            replace(self.read, mask_dir=item.mask_dir),
-            rng,
+            replace(self.read, mask_dir=item.mask_dir) if item.mask_dir else self.read,
+            self.seed,
             CPU if self.device == "cpu" else resolve(self.device),
+            self.reference,
         )
-        if isinstance(outcome, Sample):
-            named = replace(outcome, path=_sample_path(item.shown, item.inp))
-            report(Sampled(item.index, item.results(OK), named))
+        if isinstance(outcome[0], Sample):
+            named = [
+                None if s is None else replace(s, path=_sample_path(item.shown, item.inp))
+                for s in outcome
+            ]
+            report(Sampled(item.index, item.results(OK), named[0], named[1]))
         else:
-            report(Sampled(item.index, item.results(*outcome), None))
+            status, reason = outcome
+            report(Sampled(item.index, item.results(status, reason), None))
 
     def lost(self, item: Grouped, reason: str) -> Sampled:
         return Sampled(item.index, item.lost(reason), None)
@@ -179,37 +254,57 @@ def _sample_path(root: Path, inp: Input) -> str:
 
 
 def _sample(
-    group: int,
-    root: Path,
-    inp: Input,
+    item: Grouped,
     fractions: Sequence[float],
     read: ReadOptions,
-    rng: np.random.Generator,
+    seed: int,
     device: Device = CPU,
-) -> Sample | tuple[Status, str]:
-    """One input's features, or ``(status, reason)`` when it cannot be read."""
+    reference: Reference | None = None,
+) -> tuple[Sample, Sample | None] | tuple[Status, str]:
+    """One input's features, and with a ``reference`` those of the input harmonized in
+    memory (as harmonize would: pooled per volume, the outside of a mask kept, normalized
+    values clipped to [0, 1]); or ``(status, reason)`` when it cannot be read. Both pixel
+    samples are drawn with the same seed."""
+    root, inp = item.root, item.inp
     try:
-        images = read_input(root, inp, read.max_pixels, read.slice_axis, kinds=read.kinds)
-        masks = input_masks(images, inp, root, read.mask, read.mask_dir, read.slice_axis)
-        pairs = [
-            (frame, None if volume_mask is None else volume_mask[f])
+        images = read_input(root, inp, read.max_pixels, read.slice_axis, reference, read.kinds)
+        masks = input_masks(images, inp, root, read.mask, read.mask_files, read.slice_axis)
+        entry = entry_for(reference, images[0].info, root / inp.files[0])
+        frames = [frame for image in images for frame in image.frames]
+        planes = [
+            None if volume_mask is None else volume_mask[f]
             for image, volume_mask in zip(images, masks)
-            for f, frame in enumerate(image.frames)
+            for f in range(image.frame_count)
         ]
-        (moments, values), _ = on_device(
-            device,
-            inp.key,
-            lambda on: slice_features(pairs, fractions, images[0].channel_count, on),
-        )
+
+        def features(on: Device) -> tuple[Any, Any, Any]:
+            before = slice_features(zip(frames, planes), fractions, images[0].channel_count, on)
+            if entry is None:
+                return before, None, None
+            new = transform_volume(
+                [on.put(f) for f in frames],
+                fractions,
+                reference=(entry.mean, entry.std),
+                masks=[on.put(m) for m in planes],
+                groups=volumes_of(images),
+                per_slice=read.per_slice,
+            )[0]
+            harmonized = [on.host(x) for x in new]
+            if images[0].unit == NORMALIZED:
+                harmonized = [np.clip(x, 0.0, 1.0) for x in harmonized]
+            after = slice_features(zip(harmonized, planes), fractions, images[0].channel_count)
+            return before, after, None
+
+        (before, after, _), _ = on_device(device, inp.key, features)
     except Exception as exc:  # the input's failure, never the run's (outcome_of)
         found = outcome_of(exc, inp, root / inp.files[0])
         return found.status, found.reason
-    return sample_from_moments(
-        group,
-        _sample_path(root, inp),
-        images[0].unit,
-        moments,
-        values,
-        rng,
-        images[0].kind,
-    )
+    image = images[0]
+
+    def sample(moments_values: Any) -> Sample:
+        rng = np.random.default_rng([seed, item.index])
+        moments, values = moments_values
+        s = sample_from_moments(item.group, "", image.unit, moments, values, rng, image.kind)
+        return replace(s, label=item.label)
+
+    return sample(before), None if after is None else sample(after)

@@ -38,12 +38,17 @@ class Walked:
         self._walked: Callable[[int], None] = lambda images: None
         self.told: Callable[[FileResult], None] = lambda result: None
         """Where the files left for a later run (``--settle``) are reported."""
-        self._folders = walk(
-            request.inp,
-            include=request.walk.include,
-            exclude=request.walk.exclude,
-            skip_dirs=[request.out],
-            include_hidden=request.walk.include_hidden,
+        manifest = request.manifest
+        self._folders = (
+            manifest.folders()
+            if manifest is not None
+            else walk(
+                request.inp,
+                include=request.walk.include,
+                exclude=request.walk.exclude,
+                skip_dirs=[request.out],
+                include_hidden=request.walk.include_hidden,
+            )
         )
 
     def _take(self, folder: Folder) -> None:
@@ -103,6 +108,9 @@ class Walked:
         includes files that turn out not to be images), counted in a thread while the run
         starts, so no dispatch waits for it; then, once the walk has ended, the exact
         number of images."""
+        if self.request.manifest is not None:
+            on_total(len(self.request.manifest.rows))  # a table says how many at once
+            return
         lock = threading.Lock()
         exact = [False]
 

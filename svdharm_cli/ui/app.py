@@ -19,14 +19,14 @@ from svdharm_cli.ui.parameters import (
     DeviceOption,
     Exclude,
     Fractions,
-    In,
     Include,
+    InOut,
     Kind,
+    ManifestOption,
     Mask,
     MaskChoice,
     MaskDir,
     MaxPixels,
-    Out,
     PerSlice,
     Quiet,
     Scheduler,
@@ -34,6 +34,7 @@ from svdharm_cli.ui.parameters import (
     SliceAxis,
     Workers,
     fractions_option,
+    manifest_options,
     read_options,
     walk_options,
     worker_options,
@@ -73,11 +74,16 @@ def _main(
 @app.command("fit-reference")
 @user_errors
 def fit_reference(
-    refs: Annotated[
-        list[Path],
-        typer.Argument(metavar="REF", help="Reference images, volumes or folders (a cohort)."),
-    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Reference JSON to write.")],
+    refs: Annotated[
+        Optional[list[Path]],
+        typer.Argument(
+            metavar="[REF]...",
+            help="Reference images, volumes or folders (a cohort); or --manifest, or both.",
+            show_default=False,
+        ),
+    ] = None,
+    manifest: ManifestOption = None,
     fractions: Fractions = None,
     max_pixels: MaxPixels = 100_000_000,
     per_slice: PerSlice = False,
@@ -111,16 +117,25 @@ def fit_reference(
     from svdharm_cli.run.results import Status
     from svdharm_cli.ui import display
 
-    read = read_options(max_pixels, per_slice, slice_axis, mask, mask_dir, kind)
+    table, read = manifest_options(
+        manifest, read_options(max_pixels, per_slice, slice_axis, mask, mask_dir, kind)
+    )
+    if not refs and table is None:
+        raise typer.BadParameter("give reference files or folders, or --manifest", param_hint="REF")
+    if refs and table is not None and table.masks:
+        raise typer.BadParameter(
+            "a manifest with a mask column cannot be mixed with REF folders", param_hint="REF"
+        )
     where = worker_options(workers, scheduler, scheduler_file, device)
     with on_workers("fitting", quiet, where, "no reference") as (executor, on_result):
         reference, problems, ignored = fitting.reference_from_files(
-            refs,
+            refs or [],
             fractions_option(fractions) or DEFAULT_FRACTIONS,
             read,
             walk_options(include, exclude),
             on_result,
             executor,
+            table,
         )
     fitting.save_reference(reference.without_paths() if no_paths else reference, output)
     display.report_failures(problems)
@@ -138,8 +153,7 @@ def fit_reference(
 @user_errors
 @with_run_parameters
 def harmonize(
-    inp: In,
-    out: Out,
+    paths: InOut,
     reference: Annotated[Path, typer.Option(help="Reference JSON, or an image to fit one from.")],
     fractions: Fractions = None,
     *,
@@ -149,7 +163,7 @@ def harmonize(
     from svdharm_cli.core.methods import Method
     from svdharm_cli.run.options import DrawOptions
 
-    what = ("harmonize", inp, out, Method.HARMONIZE, reference, fractions_option(fractions))
+    what = ("harmonize", paths, Method.HARMONIZE, reference, fractions_option(fractions))
     run(what, DrawOptions(), settings)
 
 
@@ -157,8 +171,7 @@ def harmonize(
 @user_errors
 @with_run_parameters
 def augment(
-    inp: In,
-    out: Out,
+    paths: InOut,
     copies: Annotated[int, typer.Option(min=1, help="De-harmonized copies per input.")] = 1,
     seed: Annotated[
         Optional[int],
@@ -185,7 +198,7 @@ def augment(
     if low > high:
         raise typer.BadParameter(f"--low {low} is above --high {high}", param_hint="--low")
     method = Method.DEHARMONIZE if reference is None else Method.HARMONIZE_DEHARMONIZE
-    what = ("augment", inp, out, method, reference, fractions_option(fractions))
+    what = ("augment", paths, method, reference, fractions_option(fractions))
     run(what, DrawOptions(copies, low, high, per_channel, seed), settings)
 
 
@@ -283,9 +296,31 @@ def bands(
 @user_errors
 def compare(
     groups: Annotated[
-        list[Path],
-        typer.Argument(metavar="GROUP", help="Folders, one per site or scanner (two or more)."),
-    ],
+        Optional[list[Path]],
+        typer.Argument(
+            metavar="[GROUP]...",
+            help="Folders, one per site or scanner (two or more); or --manifest, its 'site' "
+            "column naming the groups.",
+            show_default=False,
+        ),
+    ] = None,
+    manifest: ManifestOption = None,
+    label: Annotated[
+        Optional[str],
+        typer.Option(
+            help="A manifest column: how well the features predict it, cross-validated and "
+            "leave-one-site-out, beside chance (does harmonization keep what matters?).",
+            show_default="none",
+        ),
+    ] = None,
+    reference: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Also harmonize every image in memory to this reference (as harmonize "
+            "would) and measure before and after.",
+            show_default="none",
+        ),
+    ] = None,
     output: Annotated[
         Optional[Path],
         typer.Option("--output", "-o", help="HTML report to write.", show_default="none"),
@@ -320,18 +355,31 @@ def compare(
 
     from svdharm_cli.core.bands import DEFAULT_FRACTIONS
     from svdharm_cli.files.atomic import write_text
-    from svdharm_cli.run import sampling
+    from svdharm_cli.run import fitting, sampling
     from svdharm_cli.run.results import Status
     from svdharm_cli.ui import display
     from svdharm_cli.ui.comparison import render_html
 
-    read = read_options(max_pixels, False, slice_axis, mask, mask_dir, kind)
+    table, read = manifest_options(
+        manifest, read_options(max_pixels, False, slice_axis, mask, mask_dir, kind)
+    )
+    if table is not None and groups:
+        raise typer.BadParameter("give GROUP folders or --manifest, not both", param_hint="GROUP")
+    if label is not None and table is None:
+        raise typer.BadParameter("--label names a column of --manifest", param_hint="--label")
+    fitted, fr = None, fractions_option(fractions)
+    if reference is not None:
+        fitted, _ = fitting.load_reference(reference, fr, read)
+        fr = fitted.fractions
     where = worker_options(workers, scheduler, scheduler_file, device)
     with on_workers("comparing", quiet, where, "nothing") as (executor, on_result):
         result = sampling.compare(
-            groups,
-            fractions_option(fractions) or DEFAULT_FRACTIONS,
+            groups or [],
+            fr or DEFAULT_FRACTIONS,
             read,
+            manifest=table,
+            label=label,
+            reference=fitted,
             folds=folds,
             seed=seed,
             on_result=on_result,

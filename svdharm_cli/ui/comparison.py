@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from svdharm_cli import __version__
@@ -29,6 +31,7 @@ def render_html(result: Comparison) -> str:
             version=__version__,
             verdict=verdict,
             statistics_plot=_statistics_plot(result),
+            measures_plot=_measures_plot(result.to_dict()),
             histogram=_histogram(result),
         )
     )
@@ -73,6 +76,61 @@ def _histogram(result: Comparison) -> str:
     ax.set_xlabel(f"intensity ({result.unit} units, channel mean)", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    uri = figure_uri(fig)
+    plt.close(fig)
+    return uri
+
+
+def _measures_plot(data: dict[str, Any]) -> str | None:
+    """Bars of each measure, before and (with a reference) after, each with its chance."""
+    rows = [
+        ("site separability", data["separability"], (data.get("after") or {}).get("separability"))
+    ]
+    label = data.get("label")
+    if label:
+        after = (data.get("after") or {}).get("label") or {}
+        rows.append(("label accuracy", {**label}, after and {**after}))
+        rows.append(
+            (
+                "label, leave one site out",
+                {"accuracy": label.get("leave_one_site_out"), "chance": label.get("chance")},
+                after
+                and {"accuracy": after.get("leave_one_site_out"), "chance": after.get("chance")},
+            )
+        )
+    if len(rows) == 1 and data.get("after") is None:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    for i, (_, before, after) in enumerate(rows):
+        for offset, values, colour, what in (
+            (-0.2, before, "#888", "before"),
+            (0.2, after, "#1f5fbf", "after"),
+        ):
+            if values and values.get("accuracy") is not None:
+                ax.bar(
+                    i + offset,
+                    values["accuracy"],
+                    0.36,
+                    color=colour,
+                    label=what if i == 0 else None,
+                )
+        if before and before.get("chance") is not None:
+            ax.hlines(
+                before["chance"],
+                i - 0.42,
+                i + 0.42,
+                colors="#c00",
+                linestyles="dashed",
+                label="chance" if i == 0 else None,
+            )
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([r[0] for r in rows], fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     uri = figure_uri(fig)
     plt.close(fig)

@@ -195,7 +195,25 @@ def comparison(data: dict, quiet: bool) -> None:
             f"separability: {sep['accuracy']:.3f} cross-validated accuracy "
             f"({sep['folds']} folds; chance {sep['chance']:.3f})"
         )
+    after = data.get("after")
+    if after and after["separability"]["accuracy"] is not None:
+        out.print(f"after harmonization: separability {after['separability']['accuracy']:.3f}")
+    label = data.get("label")
+    if label:
+        out.print(safe(_label_line(label, f"label {label['column']!r}")))
+        if after and after.get("label"):
+            out.print(safe(_label_line(after["label"], "after harmonization")))
     for w in data["wasserstein"]:
         out.print(
             safe(f"wasserstein {w['a']} - {w['b']}: {w['distance']:.4g} {data['unit']} units")
         )
+
+
+def _label_line(label: dict, what: str) -> str:
+    def f(value: float | None) -> str:
+        return "not measured" if value is None else f"{value:.3f}"
+
+    return (
+        f"{what}: accuracy {f(label['accuracy'])} cross-validated, "
+        f"{f(label['leave_one_site_out'])} leave one site out (chance {f(label['chance'])})"
+    )

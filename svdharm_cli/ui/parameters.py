@@ -12,6 +12,7 @@ import typer
 if TYPE_CHECKING:
     from svdharm_cli.core.masks import MaskMode
     from svdharm_cli.files.kinds import KindRule
+    from svdharm_cli.files.manifest import Manifest
     from svdharm_cli.run.options import ReadOptions, WalkOptions, WorkerOptions
 
 
@@ -171,6 +172,26 @@ Kind = Annotated[
         show_default="the file's Modality or BIDS suffix, else none",
     ),
 ]
+ManifestOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--manifest",
+        help="A CSV or TSV table of inputs: a 'path' column (relative to the table's folder, "
+        "or absolute), and optionally 'mask', 'site' and any others (labels, covariates), "
+        "carried into the log.",
+        dir_okay=False,
+        show_default="none",
+    ),
+]
+InOut = Annotated[
+    list[Path],
+    typer.Argument(
+        metavar="[IN] OUT",
+        help="IN: an input image, or a folder walked recursively; OUT: the output folder, "
+        "mirroring IN. With --manifest, OUT alone: the table lists the inputs.",
+        show_default=False,
+    ),
+]
 In = Annotated[
     Path, typer.Argument(metavar="IN", help="Input image, or folder walked recursively.")
 ]
@@ -236,3 +257,28 @@ def worker_options(
     from svdharm_cli.run.options import WorkerOptions
 
     return WorkerOptions(workers or available_cpus(), scheduler, scheduler_file, device)
+
+
+def manifest_options(
+    path: Optional[Path], read: ReadOptions
+) -> tuple[Optional[Manifest], ReadOptions]:
+    """The table ``--manifest`` names, read and checked, and ``read`` with its ``mask``
+    column's files (which replace ``--mask-dir`` and ``--mask auto``: both with a mask
+    column are a usage error)."""
+    if path is None:
+        return None, read
+    from dataclasses import replace
+
+    from svdharm_cli.core.masks import MaskMode
+    from svdharm_cli.files.inputs import MaskFiles
+    from svdharm_cli.files.manifest import read_manifest
+
+    manifest = read_manifest(path)
+    if not manifest.masks:
+        return manifest, read
+    if read.mask != MaskMode.NONE:
+        raise typer.BadParameter(
+            f"{path} has a mask column: leave out --mask and --mask-dir", param_hint="--mask"
+        )
+    listed = MaskFiles(listed=manifest.masks)
+    return manifest, replace(read, mask=MaskMode.DIR, listed_masks=listed)

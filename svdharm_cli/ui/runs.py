@@ -23,6 +23,7 @@ from svdharm_cli.ui.parameters import (
     JpegQuality,
     Kind,
     Log,
+    ManifestOption,
     Mask,
     MaskChoice,
     MaskDir,
@@ -37,6 +38,7 @@ from svdharm_cli.ui.parameters import (
     SkipExisting,
     SliceAxis,
     Workers,
+    manifest_options,
     read_options,
     walk_options,
     worker_options,
@@ -45,6 +47,7 @@ from svdharm_cli.ui.parameters import (
 if TYPE_CHECKING:
     from svdharm_cli.core.methods import Method
     from svdharm_cli.files.formats import WriteOptions
+    from svdharm_cli.files.manifest import Manifest
     from svdharm_cli.run.options import DrawOptions, ReadOptions, WalkOptions, WorkerOptions
 
 
@@ -102,6 +105,7 @@ class RunSettings:
     log: Optional[Path]
     quiet: bool
     report: bool
+    manifest: Optional[Manifest] = None
 
 
 def run_parameters(
@@ -124,20 +128,25 @@ def run_parameters(
     mask: Mask = MaskChoice.NONE,
     mask_dir: MaskDir = None,
     kind: Kind = None,
+    manifest: ManifestOption = None,
     report: Report = False,
 ) -> RunSettings:
     """The parameters harmonize and augment share, declared once (:func:`with_run_parameters`
     gives them to both commands), composed into option values."""
     from svdharm_cli.files.formats import WriteOptions
 
+    table, read = manifest_options(
+        manifest, read_options(max_pixels, per_slice, slice_axis, mask, mask_dir, kind)
+    )
     return RunSettings(
-        read_options(max_pixels, per_slice, slice_axis, mask, mask_dir, kind),
+        read,
         WriteOptions(png_compression, jpeg_quality),
         walk_options(include, exclude, include_hidden, skip_existing, settle),
         worker_options(workers, scheduler, scheduler_file, device),
         log,
         quiet,
         report,
+        table,
     )
 
 
@@ -163,17 +172,24 @@ def with_run_parameters(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def run(
-    what: tuple[str, Path, Path, Method, Optional[Path], Optional[tuple[float, ...]]],
+    what: tuple[str, list[Path], Method, Optional[Path], Optional[tuple[float, ...]]],
     draw: DrawOptions,
     settings: RunSettings,
 ) -> None:
-    """Compose the run request (``what``: the command, IN, OUT, method, reference and
-    fractions), run it, show the outcome, set the exit code."""
+    """Compose the run request (``what``: the command, IN and OUT, or OUT alone with a
+    manifest, the method, reference and fractions), run it, show the outcome, set the exit
+    code."""
     from svdharm_cli.run import jobs
     from svdharm_cli.run.options import RunRequest
     from svdharm_cli.ui import display
 
-    command, inp, out, method, reference, fractions = what
+    command, paths, method, reference, fractions = what
+    manifest = settings.manifest
+    if manifest is not None and len(paths) != 1:
+        raise typer.BadParameter("with --manifest, give OUT alone: the table lists the inputs")
+    if manifest is None and len(paths) != 2:
+        raise typer.BadParameter("give IN and OUT (or --manifest TABLE and OUT)")
+    inp, out = (manifest.root, paths[0]) if manifest is not None else (paths[0], paths[1])
     s, quiet = settings, settings.quiet
     request = RunRequest(
         command,
@@ -189,6 +205,7 @@ def run(
         s.where,
         s.log,
         tuple(sys.argv),
+        manifest,
     )
     with display.progress(request.command, quiet) as (on_start, on_result):
         summary = jobs.run(request, on_start, on_result)
