@@ -221,13 +221,7 @@ def _dispatch(
             warnings=warnings,
             interrupted=outcome.interrupted,
         )
-        if spill.problem is not None:
-            warnings.append(f"the run's records were kept in memory ({spill.problem})")
-        if ledger.problem is not None:
-            warnings.append(
-                f"provenance records could not be written ({ledger.problem}): the next "
-                "--skip-existing run makes these outputs again"
-            )
+        warnings.extend(_record_warnings(spill, ledger))
         log_path, log_problem = write_log_somewhere(
             data, request.out, request.command, request.log, spill.lines
         )
@@ -260,6 +254,19 @@ def _mask_warnings(reference: Reference | None, request: RunRequest) -> list[str
         f"the reference's statistics were taken with --mask {reference.mask} but this run "
         f"uses --mask {request.read.mask}: their band statistics are not comparable"
     ]
+
+
+def _record_warnings(spill: Spill, ledger: Ledger) -> list[str]:
+    """What went wrong keeping the run's records (in the log, in the provenance ledger)."""
+    warnings = []
+    if spill.problem is not None:
+        warnings.append(f"the run's records were kept in memory ({spill.problem})")
+    if ledger.problem is not None:
+        warnings.append(
+            f"provenance records could not be written ({ledger.problem}): the next "
+            "--skip-existing run makes these outputs again"
+        )
+    return warnings
 
 
 def _with_row(manifest: Manifest | None, result: FileResult) -> FileResult:

@@ -95,19 +95,7 @@ def compare(
     after = {id(o.sample): o.after for o in ordered if o.sample is not None}
     if not samples:
         raise UsageError("no image in the groups could be read")
-    kinds = Counter((s.kind, s.unit, s.channels) for s in samples)
-    (kind, unit, channels), _ = kinds.most_common(1)[0]
-    kept = []
-    for s in samples:
-        if (s.kind, s.unit, s.channels) == (kind, unit, channels):
-            kept.append(s)
-        else:
-            reason = (
-                f"{s.path}: is {describe_kind(s.unit, s.channels, s.kind or 'no kind')} but "
-                f"most images compared are {describe_kind(unit, channels, kind or 'no kind')}: "
-                "only images of one kind are compared"
-            )
-            problems.append(FileResult(s.path, SKIPPED, reason, kind=s.kind))
+    (kind, unit, channels), kept = _of_one_kind(samples, problems)
     groups = [
         {
             "name": name,
@@ -141,6 +129,27 @@ def compare(
         problems=problems,
         seconds=time.perf_counter() - start,
     )
+
+
+def _of_one_kind(
+    samples: list[Sample], problems: list[FileResult]
+) -> tuple[tuple[str, str, int], list[Sample]]:
+    """The (kind, unit, channels) most samples have, and those samples; the others are
+    added to ``problems`` as left out, saying why."""
+    kinds = Counter((s.kind, s.unit, s.channels) for s in samples)
+    (kind, unit, channels), _ = kinds.most_common(1)[0]
+    kept = []
+    for s in samples:
+        if (s.kind, s.unit, s.channels) == (kind, unit, channels):
+            kept.append(s)
+        else:
+            reason = (
+                f"{s.path}: is {describe_kind(s.unit, s.channels, s.kind or 'no kind')} but "
+                f"most images compared are {describe_kind(unit, channels, kind or 'no kind')}: "
+                "only images of one kind are compared"
+            )
+            problems.append(FileResult(s.path, SKIPPED, reason, kind=s.kind))
+    return (kind, unit, channels), kept
 
 
 def _walked(

@@ -16,12 +16,15 @@ import typer
 from svdharm_cli import __version__
 from svdharm_cli.ui.parameters import (
     BandFractions,
+    CompareReference,
     DeviceOption,
     Exclude,
     Fractions,
+    Groups,
     Include,
     InOut,
     Kind,
+    Label,
     ManifestOption,
     Mask,
     MaskChoice,
@@ -295,32 +298,10 @@ def bands(
 @app.command()
 @user_errors
 def compare(
-    groups: Annotated[
-        Optional[list[Path]],
-        typer.Argument(
-            metavar="[GROUP]...",
-            help="Folders, one per site or scanner (two or more); or --manifest, its 'site' "
-            "column naming the groups.",
-            show_default=False,
-        ),
-    ] = None,
+    groups: Groups = None,
     manifest: ManifestOption = None,
-    label: Annotated[
-        Optional[str],
-        typer.Option(
-            help="A manifest column: how well the features predict it, cross-validated and "
-            "leave-one-site-out, beside chance (does harmonization keep what matters?).",
-            show_default="none",
-        ),
-    ] = None,
-    reference: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="Also harmonize every image in memory to this reference (as harmonize "
-            "would) and measure before and after.",
-            show_default="none",
-        ),
-    ] = None,
+    label: Label = None,
+    reference: CompareReference = None,
     output: Annotated[
         Optional[Path],
         typer.Option("--output", "-o", help="HTML report to write.", show_default="none"),

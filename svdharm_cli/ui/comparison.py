@@ -130,7 +130,7 @@ def _measures_plot(data: dict[str, Any]) -> str | None:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy", fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     uri = figure_uri(fig)
     plt.close(fig)

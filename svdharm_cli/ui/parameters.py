@@ -183,6 +183,32 @@ ManifestOption = Annotated[
         show_default="none",
     ),
 ]
+Groups = Annotated[
+    Optional[list[Path]],
+    typer.Argument(
+        metavar="[GROUP]...",
+        help="Folders, one per site or scanner (two or more); or --manifest, its 'site' "
+        "column naming the groups.",
+        show_default=False,
+    ),
+]
+Label = Annotated[
+    Optional[str],
+    typer.Option(
+        help="A manifest column: how well the features predict it, cross-validated and "
+        "leave-one-site-out, beside chance (does harmonization keep what matters?).",
+        show_default="none",
+    ),
+]
+CompareReference = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--reference",
+        help="Also harmonize every image in memory to this reference (as harmonize would) "
+        "and measure before and after.",
+        show_default="none",
+    ),
+]
 InOut = Annotated[
     list[Path],
     typer.Argument(
