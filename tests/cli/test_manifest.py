@@ -247,3 +247,35 @@ def test_compare_shows_a_label_that_harmonization_erases(tmp_path: Path) -> None
     before, after = data["before"]["label"], data["after"]["label"]
     assert before["accuracy"] >= 0.85  # plain to see in the first band's energy
     assert after["accuracy"] < before["accuracy"] - 0.2  # matched to the reference: gone
+
+
+def test_a_table_of_pydicom_and_nibabel_files_where_they_lie(tmp_path: Path) -> None:
+    import pydicom
+    from nibabel.testing import data_path
+    from pydicom.data import get_testdata_file
+
+    files = [Path(get_testdata_file("MR_small.dcm")), Path(get_testdata_file("CT_small.dcm"))]
+    files.append(Path(data_path) / "anatomical.nii")
+    table = _table(
+        tmp_path / "t.csv", [{"path": str(f), "subject": f"s{k}"} for k, f in enumerate(files)]
+    )
+    reference = tmp_path / "ref.json"
+    assert svdharm("fit-reference", "--manifest", table, "-o", reference).code == 0
+    kinds = sorted(e["kind"] for e in json.loads(reference.read_text())["entries"])
+    assert kinds == ["", "CT", "MR"]
+    out = tmp_path / "out"
+    result = svdharm("harmonize", "--manifest", table, out, "--reference", reference)
+    assert result.code == 0, result.stderr
+    made = next(out.glob("svdharm-harmonize-*.csv"))
+    with open(made, newline="", encoding="utf-8") as f:
+        written = {row["subject"]: row for row in csv.DictReader(f)}
+    assert set(written) == {"s0", "s1", "s2"}
+    for k, source in enumerate(files):  # each is its kind's only image: back unchanged
+        output = out / written[f"s{k}"]["path"]
+        assert Path(written[f"s{k}"]["input"]) == source.resolve()
+        if source.suffix == ".dcm":
+            a = pydicom.dcmread(source).pixel_array.astype(float)
+            b = pydicom.dcmread(output).pixel_array.astype(float)
+            assert np.abs(a - b).max() <= 1
+        else:
+            assert output.stat().st_size > 0
