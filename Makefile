@@ -23,19 +23,21 @@ install: $(STAMP)
 
 demo: install
 	rm -rf out
-	$(SVDHARM) fit-reference sample_images/fundus/site_a -o out/fundus-reference.json
-	$(SVDHARM) fit-reference sample_images/radiograph/site_a -o out/radiograph-reference.json
-	$(SVDHARM) harmonize sample_images/fundus out/harmonized/fundus --reference out/fundus-reference.json
-	$(SVDHARM) harmonize sample_images/radiograph out/harmonized/radiograph --reference out/radiograph-reference.json --report
+	# Each site holds PNG, JPEG and DICOM copies of one kind of image: one rule says so (a DICOM's
+	# Modality would otherwise be a kind of its own).
+	$(SVDHARM) fit-reference sample_images/fundus/site_a -o out/fundus-reference.json --kind 'fundus=*'
+	$(SVDHARM) fit-reference sample_images/radiograph/site_a -o out/radiograph-reference.json --kind 'CR=*'
+	$(SVDHARM) harmonize sample_images/fundus out/harmonized/fundus --reference out/fundus-reference.json --kind 'fundus=*'
+	$(SVDHARM) harmonize sample_images/radiograph out/harmonized/radiograph --reference out/radiograph-reference.json --kind 'CR=*' --report
 	$(SVDHARM) augment sample_images out/augmented --copies 3 --seed 42 --report
-	$(SVDHARM) augment sample_images/radiograph out/harmonized-augmented --copies 2 --seed 42 --reference out/radiograph-reference.json
+	$(SVDHARM) augment sample_images/radiograph out/harmonized-augmented --copies 2 --seed 42 --reference out/radiograph-reference.json --kind 'CR=*'
 	$(SVDHARM) bands sample_images/fundus/site_b/fundus_b0.png -o out/fundus_b0_bands.png
 	# Masks: statistics over the fundus disc only, its black surround written back unchanged.
-	$(SVDHARM) fit-reference sample_images/fundus/site_a -o out/fundus-reference-masked.json --mask auto
-	$(SVDHARM) harmonize sample_images/fundus/site_b out/harmonized/fundus-masked --reference out/fundus-reference-masked.json --mask auto
+	$(SVDHARM) fit-reference sample_images/fundus/site_a -o out/fundus-reference-masked.json --mask auto --kind 'fundus=*'
+	$(SVDHARM) harmonize sample_images/fundus/site_b out/harmonized/fundus-masked --reference out/fundus-reference-masked.json --mask auto --kind 'fundus=*'
 	# Evidence: can a classifier tell the sites apart, before and after?
-	$(SVDHARM) compare sample_images/fundus/site_a sample_images/fundus/site_b --mask auto -o out/compare-fundus-before.html --json out/compare-fundus-before.json
-	$(SVDHARM) compare sample_images/fundus/site_a out/harmonized/fundus-masked --mask auto -o out/compare-fundus-after.html --json out/compare-fundus-after.json
+	$(SVDHARM) compare sample_images/fundus/site_a sample_images/fundus/site_b --mask auto --kind 'fundus=*' -o out/compare-fundus-before.html --json out/compare-fundus-before.json
+	$(SVDHARM) compare sample_images/fundus/site_a out/harmonized/fundus-masked --mask auto --kind 'fundus=*' -o out/compare-fundus-after.html --json out/compare-fundus-after.json
 	# Volumes: a CT series (Hounsfield units, pooled over its 16 slices) and NIfTI MR heads.
 	$(SVDHARM) fit-reference sample_images/ct/site_a -o out/ct-reference.json
 	$(SVDHARM) harmonize sample_images/ct/site_b out/harmonized/ct --reference out/ct-reference.json --report
