@@ -19,7 +19,8 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +57,11 @@ class Manifest:
     rows: tuple[Row, ...]
     root: Path
     delimiter: str = ","
-    by_rel: dict[str, Row] = field(default_factory=dict, compare=False, repr=False)
 
-    def __post_init__(self) -> None:
-        self.by_rel.update({row.rel: row for row in self.rows})
+    @cached_property
+    def by_rel(self) -> dict[str, Row]:
+        """The rows by their relative paths."""
+        return {row.rel: row for row in self.rows}
 
     @property
     def masks(self) -> dict[str, Path]:
@@ -67,11 +69,11 @@ class Manifest:
         return {row.rel: row.mask for row in self.rows if row.mask is not None}
 
     def column(self, name: str) -> str:
-        """The column called ``name`` (as :func:`_pick` matches it); a usage error naming the
-        table's columns when there is none."""
-        for column in self.columns:
-            if column == name or column.lower() == name.lower():
-                return column
+        """The column called ``name`` (as :func:`_column` matches it); a usage error naming
+        the table's columns when there is none."""
+        column = _column(self.columns, name)
+        if column is not None:
+            return column
         raise UsageError(
             f"{self.source}: no column {name!r} (its columns: {', '.join(self.columns)})"
         )
@@ -100,9 +102,7 @@ class Manifest:
             yield Folder(images, [], frozenset(dicom), unlisted, [])
 
 
-def write_output_table(
-    manifest: Manifest, records: Iterable[dict[str, Any]], out: Path, target: Path
-) -> int:
+def write_output_table(manifest: Manifest, records: Iterable[dict[str, Any]], target: Path) -> int:
     """The table of what a run made, at ``target`` (in OUT, beside the log): a row per
     output, the input row's cells with ``path`` now the output (relative to OUT, where the
     table is, so that the next command reads it as a manifest), ``input`` the input file
@@ -157,7 +157,7 @@ def read_manifest(path: Path) -> Manifest:
     if not records or not any(records[0]):
         raise UsageError(f"manifest {path}: empty; it needs a header with a 'path' column")
     columns = tuple(c.strip() for c in records[0])
-    if not any(c.lower() == "path" for c in columns):
+    if _column(columns, "path") is None:
         raise UsageError(
             f"manifest {path}: no 'path' column (its columns: {', '.join(columns)})",
             hint="the first line names the columns: path,site,diagnosis",
@@ -202,11 +202,15 @@ def _root(folder: Path, files: list[Path]) -> Path:
     return Path(os.path.commonpath([str(file.parent) for file in files]))
 
 
+def _column(columns: Iterable[str], name: str) -> str | None:
+    """The column called ``name``: exactly, else in another letter case."""
+    columns = list(columns)
+    if name in columns:
+        return name
+    return next((c for c in columns if c.lower() == name.lower()), None)
+
+
 def _pick(values: Mapping[str, str], name: str) -> str:
-    """The value of the column ``name`` (exact, else in another letter case), or ``""``."""
-    if name in values:
-        return values[name]
-    for column, value in values.items():
-        if column.lower() == name:
-            return value
-    return ""
+    """The value of the column ``name`` (as :func:`_column` finds it), or ``""``."""
+    column = _column(values, name)
+    return "" if column is None else values[column]

@@ -13,6 +13,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,18 @@ class RunSummary:
         return self.count(FAILED)
 
 
+@dataclass(frozen=True)
+class _Facts:
+    """What the run knows before its dispatch that its log records."""
+
+    started: datetime
+    clock: float
+    checked: dict[str, Any] | None
+    """The device check's record (:func:`_checked_on_device`)."""
+    reference: dict[str, Any] | None
+    """The reference's log record."""
+
+
 def run(
     request: RunRequest,
     on_start: Callable[[int], None] | None = None,
@@ -95,7 +108,7 @@ def run(
         inputs, checked = _checked_on_device(walked.inputs(), config, ex)
         if on_start is not None:
             walked.count_for(on_start)
-        facts = {"started": started, "clock": clock, "checked": checked, "reference": ref_record}
+        facts = _Facts(started, clock, checked, ref_record)
         summary = _dispatch(request, config, ex, walked, inputs, on_result, facts)
         # What a stopped or dead worker was writing (a worker killed from outside can die
         # between two chunks' reports unnoticed by the pool); nothing else writes into OUT
@@ -165,7 +178,7 @@ def _dispatch(
     walked: Walked,
     inputs: Iterator[Input],
     on_result: Callable[[FileResult], None],
-    facts: dict[str, Any],
+    facts: _Facts,
 ) -> RunSummary:
     """Run the inputs past the provenance records to the executor, and write the log."""
     previous_failures = _previous_failures(request) if request.walk.skip_existing else None
@@ -180,7 +193,7 @@ def _dispatch(
     walked.told = told
     resume = Resume(
         ledger,
-        _recipe(request, parameters, facts["reference"]),
+        _recipe(request, parameters, facts.reference),
         walked.root,
         request.out,
         request.read.mask_files,
@@ -203,16 +216,16 @@ def _dispatch(
         warnings.extend(walked.notes)
         tally = spill.tally(previous_failures)
         retried = None if previous_failures is None else tally.retried
-        seconds = time.perf_counter() - facts["clock"]
+        seconds = time.perf_counter() - facts.clock
         data = run_log(
             request,
-            started=facts["started"],
+            started=facts.started,
             seconds=seconds,
             root=walked.root,
             parameters=parameters,
             executor=executor.describe(),
-            device_check=facts["checked"],
-            reference=facts["reference"],
+            device_check=facts.checked,
+            reference=facts.reference,
             seed=config.draw.seed,
             tally=tally,
             redone=resume.redone,
@@ -226,7 +239,7 @@ def _dispatch(
             data, request.out, request.command, request.log, spill.lines
         )
         if request.manifest is not None and log_path is not None:
-            _output_table(request.manifest, spill, request.out, log_path, warnings)
+            _output_table(request.manifest, spill, log_path, warnings)
     finally:
         spill.close()
         ledger.close()
@@ -275,14 +288,12 @@ def _with_row(manifest: Manifest | None, result: FileResult) -> FileResult:
     return result if row is None else replace(result, columns=row.values)
 
 
-def _output_table(
-    manifest: Manifest, spill: Spill, out: Path, log_path: Path, warnings: list[str]
-) -> None:
+def _output_table(manifest: Manifest, spill: Spill, log_path: Path, warnings: list[str]) -> None:
     """The output table beside the log (:func:`~svdharm_cli.files.manifest.write_output_table`)."""
     suffix = ".tsv" if manifest.delimiter == "\t" else ".csv"
     records = (json.loads(line) for line in spill.lines())
     try:
-        write_output_table(manifest, records, out, log_path.with_suffix(suffix))
+        write_output_table(manifest, records, log_path.with_suffix(suffix))
     except OSError as exc:
         warnings.append(f"the output table could not be written ({exc.strerror or exc})")
 

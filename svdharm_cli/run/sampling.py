@@ -286,10 +286,10 @@ def _sample(
             for f in range(image.frame_count)
         ]
 
-        def features(on: Device) -> tuple[Any, Any, Any]:
+        def features(on: Device) -> tuple[Any, Any]:
             before = slice_features(zip(frames, planes), fractions, images[0].channel_count, on)
             if entry is None:
-                return before, None, None
+                return before, None
             new = transform_volume(
                 [on.put(f) for f in frames],
                 fractions,
@@ -302,9 +302,9 @@ def _sample(
             if images[0].unit == NORMALIZED:
                 harmonized = [np.clip(x, 0.0, 1.0) for x in harmonized]
             after = slice_features(zip(harmonized, planes), fractions, images[0].channel_count)
-            return before, after, None
+            return before, after
 
-        (before, after, _), _ = on_device(device, inp.key, features)
+        (before, after), _ = on_device(device, inp.key, features)
     except Exception as exc:  # the input's failure, never the run's (outcome_of)
         found = outcome_of(exc, inp, root / inp.files[0])
         return found.status, found.reason

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -261,3 +261,10 @@ def _apply(
         masks=layout.masks(mask),
     )[0]
     return layout.assemble(out, unit)
+
+
+def kind_for(kind: str | Mapping[Any, str], key: Hashable) -> str:
+    """The kind of the item at ``key`` (a MONAI key, a TorchIO image name): ``kind`` itself,
+    or its entry for ``key`` when it is a mapping (``""``, no kind, for a key it does not
+    name)."""
+    return kind.get(key, "") if isinstance(kind, Mapping) else kind

@@ -14,6 +14,7 @@ from monai.utils import convert_to_dst_type, convert_to_tensor
 
 from svdharm_cli import transforms as core
 from svdharm_cli.core.decomposition import Decomposition
+from svdharm_cli.transforms._inputs import kind_for
 
 
 def run_on(fn: Any, img: Any, mask: Any = None) -> Any:
@@ -57,12 +58,6 @@ def channel_count(img: Any) -> int:
             f"{tuple(img.shape)}; add EnsureChannelFirst before this transform"
         )
     return int(img.shape[0])
-
-
-def kind_for(kind: str | Mapping[Hashable, str], key: Hashable) -> str:
-    """The kind of the item at ``key``: ``kind`` itself, or its entry for ``key`` when it is
-    a mapping by key (``""``, no kind, for a key it does not name)."""
-    return kind.get(key, "") if isinstance(kind, Mapping) else kind
 
 
 def of_kind(transform: core.SVDHarmonize, kind: str | None) -> core.SVDHarmonize:

@@ -50,10 +50,10 @@ from svdharm_cli import transforms as core
 from svdharm_cli.core.bands import DEFAULT_FRACTIONS, validate_fractions
 from svdharm_cli.core.decomposition import Decomposition, allow_torch_load
 from svdharm_cli.core.methods import DEFAULT_HIGH, DEFAULT_LOW
+from svdharm_cli.transforms._inputs import kind_for
 from svdharm_cli.transforms._monai_items import (
     as_is,
     channel_count,
-    kind_for,
     mask_for,
     mask_of,
     of_kind,

@@ -38,7 +38,7 @@ fixed by :class:`SVDDecompose`'s ``masking_method``.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torchio as tio
@@ -49,6 +49,7 @@ from svdharm_cli import transforms as core
 from svdharm_cli.core.bands import DEFAULT_FRACTIONS, validate_fractions
 from svdharm_cli.core.decomposition import Decomposition, allow_torch_load
 from svdharm_cli.core.methods import DEFAULT_HIGH, DEFAULT_LOW
+from svdharm_cli.transforms._inputs import kind_for
 
 __all__ = [
     "DECOMPOSITIONS",
@@ -144,12 +145,6 @@ class SVDDecompose(_Masked):
             kept[name] = self.decompose(image.data, mask=self._mask(subject, image))
         subject[DECOMPOSITIONS] = kept
         return subject
-
-
-def kind_for(kind: str | Mapping[str, str], name: str) -> str:
-    """The kind of the image called ``name``: ``kind`` itself, or its entry for ``name``
-    when it is a mapping by image name (``""``, no kind, for an image it does not name)."""
-    return kind.get(name, "") if isinstance(kind, Mapping) else kind
 
 
 class _Consumes:
