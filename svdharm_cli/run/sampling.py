@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -79,9 +79,9 @@ def compare(
     executor = executor or LocalPool(1)
     here = executor.worker_path
     if manifest is not None:
-        names, items, walk_problems = _listed(manifest, label, here)
+        names, items, walk_problems = listed_groups(manifest, label, here)
     else:
-        names, items, walk_problems = _walked(folders, read, here)
+        names, items, walk_problems = walked_groups(folders, read, here)
     if len(names) < 2:
         raise UsageError("compare needs at least two groups (folders, or sites of a manifest)")
     executor.check(
@@ -95,7 +95,7 @@ def compare(
     after = {id(o.sample): o.after for o in ordered if o.sample is not None}
     if not samples:
         raise UsageError("no image in the groups could be read")
-    (kind, unit, channels), kept = _of_one_kind(samples, problems)
+    (kind, unit, channels), kept = of_one_kind(samples, problems)
     groups = [
         {
             "name": name,
@@ -131,9 +131,25 @@ def compare(
     )
 
 
-def _of_one_kind(
-    samples: list[Sample], problems: list[FileResult]
-) -> tuple[tuple[str, str, int], list[Sample]]:
+class Kinded(Protocol):
+    """What :func:`of_one_kind` reads of a sample."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def unit(self) -> str: ...
+    @property
+    def channels(self) -> int: ...
+
+
+K = TypeVar("K", bound=Kinded)
+
+
+def of_one_kind(
+    samples: list[K], problems: list[FileResult]
+) -> tuple[tuple[str, str, int], list[K]]:
     """The (kind, unit, channels) most samples have, and those samples; the others are
     added to ``problems`` as left out, saying why."""
     kinds = Counter((s.kind, s.unit, s.channels) for s in samples)
@@ -152,10 +168,11 @@ def _of_one_kind(
     return (kind, unit, channels), kept
 
 
-def _walked(
+def walked_groups(
     folders: Sequence[Path], read: ReadOptions, here: Callable[[Path], Path]
 ) -> tuple[list[str], list[Grouped], list[FileResult]]:
-    """The groups' names, the items and the walks' problems of folders as groups."""
+    """The groups' names, the items and the walks' problems of folders as groups (for
+    compare and tune)."""
     for folder in folders:
         if not folder.is_dir():
             raise UsageError(f"group {folder} is not a folder")
@@ -172,7 +189,7 @@ def _walked(
     return names, items, problems
 
 
-def _listed(
+def listed_groups(
     manifest: Manifest, label: str | None, here: Callable[[Path], Path]
 ) -> tuple[list[str], list[Grouped], list[FileResult]]:
     """The same for a manifest: its sites as groups, each row's label (an empty cell is a

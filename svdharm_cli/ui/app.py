@@ -43,6 +43,7 @@ from svdharm_cli.ui.parameters import (
     worker_options,
 )
 from svdharm_cli.ui.runs import RunSettings, on_workers, run, user_errors, with_run_parameters
+from svdharm_cli.ui.tuning import tune
 
 if TYPE_CHECKING:
     pass
@@ -377,6 +378,9 @@ def compare(
             display.print_line(f"written: {target}", quiet)
     if any(p.status is Status.FAILED for p in result.problems):
         raise typer.Exit(1)
+
+
+app.command()(user_errors(tune))
 
 
 @app.command()
