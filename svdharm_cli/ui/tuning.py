@@ -287,7 +287,8 @@ def _plot(data: dict[str, Any]) -> str:
         else "mean Wasserstein distance between sites"
     )
     ax.set_title(
-        "candidates (numbers as in the table; red ring: chosen; gray: set aside by the label guard)",
+        "candidates (numbers as in the table; red ring: chosen; "
+        "gray: set aside by the label guard)",
         fontsize=8,
     )
     ax.legend(fontsize=8)
