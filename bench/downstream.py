@@ -32,6 +32,8 @@ Methods (the training images and the test images go through the same method):
   trained on the training site's training images (``bench/nyul.py``);
 - ``svd-harmonization``: every image harmonized (``svdharm_cli.transforms.SVDHarmonize``)
   to a reference fitted (``fit_reference``) on the training site's training images;
+- ``svd-harmonization-standardized``: the pipeline a user would build, svd-harmonization
+  followed by each image's z-score (what MONAI's ``NormalizeIntensity`` does next);
 - ``svd-deharmonization``: training images de-harmonized online in the DataLoader
   (``RandSVDDeharmonize``, a new draw per sample and epoch), test images untouched;
 - ``svd-harmonization-deharmonization``: training images through
@@ -40,7 +42,9 @@ Methods (the training images and the test images go through the same method):
 For the linear classifier the random methods give three drawn copies of each training
 image. Writes ``bench/results/downstream.json`` (``protocol``, ``results``, ``summary``).
 Options rerun any part: ``--methods``, ``--shifts``, ``--seeds``, ``--epochs``, ``--quick``
-(one seed, 3 epochs), ``--json PATH``, ``--jobs`` (processes; results do not depend on it).
+(one seed, 3 epochs), ``--json PATH``, ``--jobs`` (processes; results do not depend on it),
+``--fractions`` (the band cuts of every svdharm method; the paper's by default: ``svdharm
+tune``'s choice is tried with it, see ``bench/downstream_tune.py``).
 """
 
 from __future__ import annotations
@@ -68,11 +72,13 @@ METHODS = (
     "histogram-matching",
     "nyul",
     "svd-harmonization",
+    "svd-harmonization-standardized",
     "svd-deharmonization",
     "svd-harmonization-deharmonization",
 )
 RANDOM = ("svd-deharmonization", "svd-harmonization-deharmonization")
 MODELS = ("cnn", "ridge")
+FRACTIONS = (0.07, 0.2, 0.5)
 PAPER_TABLE_1 = {
     "MNIST homologous": {"baseline": 0.9899, "svd-harmonization-deharmonization": 0.9921},
     "USPS heterologous": {"baseline": 0.9214, "svd-harmonization-deharmonization": 0.9461},
@@ -125,7 +131,9 @@ def split(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
 Prepare = Callable[[np.ndarray], np.ndarray]
 
 
-def prepare(method: str, train_images: np.ndarray, seed: int) -> tuple[Any, Prepare]:
+def prepare(
+    method: str, train_images: np.ndarray, seed: int, fractions: Sequence[float] = FRACTIONS
+) -> tuple[Any, Prepare]:
     """The method fitted on the training site's training images: ``(train, test)`` where
     ``train`` is a per-sample callable (random methods: a new draw per call) and ``test``
     maps a stack of images."""
@@ -167,7 +175,7 @@ def prepare(method: str, train_images: np.ndarray, seed: int) -> tuple[Any, Prep
             return nyul.apply(standard, im) / 100.0
 
         return std, each(std)
-    reference = fit_reference([im[None] for im in train_images])
+    reference = fit_reference([im[None] for im in train_images], fractions=fractions)
     harmonize = SVDHarmonize(reference)
 
     def harmonized(im: np.ndarray) -> np.ndarray:
@@ -175,8 +183,15 @@ def prepare(method: str, train_images: np.ndarray, seed: int) -> tuple[Any, Prep
 
     if method == "svd-harmonization":
         return harmonized, each(harmonized)
+    if method == "svd-harmonization-standardized":
+
+        def standardized(im: np.ndarray) -> np.ndarray:
+            h = harmonized(im)
+            return (h - h.mean()) / (h.std() or 1.0)
+
+        return standardized, each(standardized)
     if method == "svd-deharmonization":
-        draw = RandSVDDeharmonize(seed=seed)
+        draw = RandSVDDeharmonize(seed=seed, fractions=fractions)
         return (lambda im: draw(im[None])[0]), (lambda stack: stack)
     if method == "svd-harmonization-deharmonization":
         both = RandSVDHarmonizeDeharmonize(reference, seed=seed)
@@ -249,7 +264,13 @@ def train_linear(images: np.ndarray, labels: np.ndarray, per_sample: Any, random
 # -- one job: one method, one seed --------------------------------------------------------
 
 
-def run_job(method: str, seed: int, shifts: Sequence[str], epochs: int) -> list[dict]:
+def run_job(
+    method: str,
+    seed: int,
+    shifts: Sequence[str],
+    epochs: int,
+    fractions: Sequence[float] = FRACTIONS,
+) -> list[dict]:
     import torch
 
     torch.set_num_threads(1)
@@ -264,10 +285,10 @@ def run_job(method: str, seed: int, shifts: Sequence[str], epochs: int) -> list[
     with threadpool_limits(limits=1):
         for train_site, tests in plans:
             train_x, train_y = sites[train_site][train_idx], labels[train_idx]
-            per_sample, test_prep = prepare(method, train_x, seed)
+            per_sample, test_prep = prepare(method, train_x, seed, fractions)
             random = method in RANDOM
             net = train_cnn(train_x, train_y, per_sample, random, seed, epochs)
-            per_sample, _ = prepare(method, train_x, seed)  # the same draws for the contrast
+            per_sample, _ = prepare(method, train_x, seed, fractions)  # the same draws again
             linear = train_linear(train_x, train_y, per_sample, random)
             for test_site in tests:
                 test_x = test_prep(sites[test_site][test_idx])
@@ -323,6 +344,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="one seed, 3 epochs")
     parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--json", type=Path, default=HERE / "results" / "downstream.json")
+    parser.add_argument(
+        "--fractions",
+        default=",".join(map(str, FRACTIONS)),
+        help="band cuts of the svdharm methods (default: the paper's)",
+    )
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     shifts = [s for s in args.shifts.split(",") if s]
@@ -331,10 +357,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         parser.error(f"unknown method or shift: {', '.join(unknown)}")
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     epochs = 3 if args.quick else args.epochs
+    fractions = tuple(float(f) for f in args.fractions.split(",") if f.strip())
     start = time.perf_counter()
     jobs = [(m, s) for m in methods for s in seeds]
     with ProcessPoolExecutor(max(1, args.jobs)) as pool:
-        futures = [pool.submit(run_job, m, s, shifts, epochs) for m, s in jobs]
+        futures = [pool.submit(run_job, m, s, shifts, epochs, fractions) for m, s in jobs]
         rows = [row for f in futures for row in f.result()]
     result = {
         "protocol": {
@@ -348,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "batch 32, cross-entropy; 1 thread, deterministic",
             "ridge": "sklearn RidgeClassifier(alpha=1.0) on pixels",
             "methods": methods,
+            "fractions": list(fractions),
             "paper_table_1": PAPER_TABLE_1,
             "seconds": round(time.perf_counter() - start, 1),
         },

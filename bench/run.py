@@ -29,6 +29,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from tune import case_tune  # noqa: E402
 FRACTIONS = (0.07, 0.20, 0.50)
 CLI = [sys.executable, "-m", "svdharm_cli"]
 
@@ -630,6 +633,7 @@ def main() -> None:
         )
         results |= case_memory(work)
         results |= case_volume(work, 40 if args.quick else 200)
+        results |= case_tune(work, 6 if args.quick else 12, 512, 1 if args.quick else 2)
     levels = png_levels()
     for row in results.values():
         row["pass"] = verdict(row)

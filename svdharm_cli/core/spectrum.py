@@ -110,9 +110,8 @@ class SliceSpectrum:
         """The slice's own moments at ``fractions`` over ``pixels`` (a pixel set's name):
         what :func:`~svdharm_cli.core.methods.slice_moments` gives for that decomposition."""
         pm = self.sets[pixels]
-        c = pm.sums.shape[0]
-        rows = np.broadcast_to(self.components(fractions), (c, *self.components(fractions).shape))
-        means, stds = pm.moments(rows)
+        rows = self.components(fractions)
+        means, stds = pm.moments(np.broadcast_to(rows, (pm.sums.shape[0], *rows.shape)))
         return Moments(pm.count, means, stds)
 
     @property

@@ -32,6 +32,7 @@ import numpy as np
 
 from svdharm_cli import __version__
 from svdharm_cli.core.methods import Moments, pool
+from svdharm_cli.core.reference import UNITS
 from svdharm_cli.core.spectrum import YARDSTICK, SliceSpectrum, harmonizing_map
 from svdharm_cli.evidence.compare import (
     PERCENTILES,
@@ -160,10 +161,23 @@ def harmonized_sample(
         means=pooled.means,
         stds=pooled.stds,
         percentiles=np.percentile(pixels, PERCENTILES, axis=1).T,
-        pixels=pixels,
+        pixels=_repeated(pixels, WASSERSTEIN_PIXELS),
         kind=record.kind,
         label=record.label,
     )
+
+
+WASSERSTEIN_PIXELS = 4096
+"""Values per image in its site's pooled distribution (an image's sampled values repeated
+or cut to this many, so that every image weighs the same)."""
+
+
+def _repeated(values: np.ndarray, size: int) -> np.ndarray:
+    """``(C, m)`` values as ``(C, size)``: repeated in turn when fewer, the first ``size``
+    (a random sample already) when more."""
+    if values.shape[1] == size:
+        return values
+    return np.stack([np.resize(row, size) for row in values])
 
 
 def measures(
@@ -211,6 +225,40 @@ def wasserstein_sorted(a: np.ndarray, b: np.ndarray) -> float:
     ia = np.minimum((middle * n).astype(np.int64), n - 1)
     ib = np.minimum((middle * m).astype(np.int64), m - 1)
     return float((widths * np.abs(a[ia] - b[ib])).sum())
+
+
+def evaluate(
+    records: Sequence[Decomposed],
+    names: Sequence[str],
+    candidates: Sequence[Candidate],
+    label: str | None,
+    target: int | None,
+    measured: str,
+    folds: int,
+    seed: int,
+    margin: float | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]], float, Choice]:
+    """The unharmonized row, every candidate's row (see the module), the label guard's
+    margin (:func:`default_margin` unless given) and the :func:`choose` of them."""
+    normalized = records[0].unit == UNITS[0]  # "normalized": harmonize clips to [0, 1]
+    unharmonized = measures(
+        [harmonized_sample(r, None, None, measured, normalized) for r in records],
+        names,
+        label,
+        folds,
+        seed,
+    )
+    if margin is None:
+        measured_label = unharmonized["label"] or {}
+        margin = default_margin(measured_label.get("accuracy"), len(records))
+    rows = []
+    for candidate in candidates:
+        reference = reference_of(records, candidate.fractions, candidate.mask, target)
+        samples = [
+            harmonized_sample(r, candidate, reference, measured, normalized) for r in records
+        ]
+        rows.append(measures(samples, names, label, folds, seed))
+    return unharmonized, rows, margin, choose(candidates, rows, unharmonized, label, margin)
 
 
 @dataclass(frozen=True)

@@ -27,13 +27,8 @@ from svdharm_cli.evidence.tuning import (
     Candidate,
     Decomposed,
     Tuning,
-    choose,
-    default_margin,
-    harmonized_sample,
-    measures,
-    reference_of,
+    evaluate,
 )
-from svdharm_cli.files.formats import NORMALIZED
 from svdharm_cli.files.inputs import input_masks, read_input, volumes_of
 from svdharm_cli.files.manifest import Manifest
 from svdharm_cli.run.executors import Executor, OneByOne
@@ -45,8 +40,8 @@ from svdharm_cli.run.results import OK, FileResult, outcome_of
 from svdharm_cli.run.sampling import Grouped, listed_groups, of_one_kind, walked_groups
 
 SAMPLE_PIXELS = 4096
-"""Pixels sampled per input (per channel, over the measured pixels) for the percentiles
-and the Wasserstein distances of every candidate."""
+"""Pixels sampled per input (per channel, over the measured pixels; all of them in a
+smaller image) for the percentiles and the Wasserstein distances of every candidate."""
 DEFAULT_SAMPLE = 50
 """Images (inputs: a series or volume counts once) sampled per site."""
 
@@ -67,6 +62,30 @@ class Plan:
     """Classifier fits per candidate."""
     reference_inputs: int
     """Inputs the chosen reference is fitted on."""
+
+    @classmethod
+    def of(
+        cls,
+        names: list[str],
+        items: Sequence[Grouped],
+        sampled: Sequence[Grouped],
+        candidates: Sequence[Candidate],
+        labelled: bool,
+        folds: int,
+        goal: int | None,
+    ) -> Plan:
+        """The plan of sites ``names`` with ``items`` found and ``sampled``; the reference
+        fitted on site ``goal`` (all when None)."""
+        found = [sum(i.group == k for i in items) for k in range(len(names))]
+        return cls(
+            names,
+            found,
+            [sum(i.group == k for i in sampled) for k in range(len(names))],
+            len(candidates),
+            max(f for c in candidates for f in (*c.fractions, *YARDSTICK)),
+            folds + (folds + len(names) if labelled else 0),
+            len(items) if goal is None else found[goal],
+        )
 
     def describe(self) -> str:
         sampled, found = sum(self.sampled), sum(self.inputs)
@@ -101,9 +120,8 @@ def tune(
     :func:`~svdharm_cli.evidence.tuning.choose`, and fit the reference with its cuts and mask
     on the target site's images (every site's when ``target`` is None), as
     :func:`~svdharm_cli.run.fitting.reference_from_files` (fit-reference) fits it.
-    ``margin`` (the label guard's) defaults to
-    :func:`~svdharm_cli.evidence.tuning.default_margin`.
-    ``output`` is only recorded (the caller writes the reference). Raises
+    ``margin`` defaults to :func:`~svdharm_cli.evidence.tuning.default_margin`; ``output``
+    is only recorded (the caller writes the reference). Raises
     :class:`UsageError` for fewer than two sites, an unknown target site, or no image.
     """
     start = time.perf_counter()
@@ -119,22 +137,9 @@ def tune(
     chosen_items = sampled_per_site(items, len(names), sample, seed)
     modes = list(dict.fromkeys(c.mask for c in candidates))
     measured = next((m for m in modes if m != MaskMode.NONE.value), MaskMode.NONE.value)
-    per_site = [sum(i.group == k for i in items) for k in range(len(names))]
-    on_plan(
-        Plan(
-            names,
-            per_site,
-            [sum(i.group == k for i in chosen_items) for k in range(len(names))],
-            len(candidates),
-            max(f for c in candidates for f in (*c.fractions, *YARDSTICK)),
-            folds + (0 if label is None else folds + len(names)),
-            len(items) if goal is None else per_site[goal],
-        )
-    )
-    executor.check(
-        sorted({item.root for item in items} | ({here(read.mask_dir)} if read.mask_dir else set())),
-        [],
-    )
+    plan = Plan.of(names, items, chosen_items, candidates, label is not None, folds, goal)
+    on_plan(plan)
+    executor.check(sorted({item.root for item in items}), [])
     task = DecomposeInputs(
         tuple(dict.fromkeys(c.fractions for c in candidates)), read, tuple(modes), measured, seed
     )
@@ -146,40 +151,21 @@ def tune(
     (kind, unit, channels), kept = of_one_kind(records, problems)
     if goal is not None and not any(r.group == goal for r in kept):
         raise UsageError(f"no sampled image of site {target!r} could be read")
-    normalized = unit == NORMALIZED
-    unharmonized = measures(
-        [harmonized_sample(r, None, None, measured, normalized) for r in kept],
-        names,
-        label,
-        folds,
-        seed,
+    unharmonized, rows, margin, choice = evaluate(
+        kept, names, candidates, label, goal, measured, folds, seed, margin
     )
-    if margin is None:
-        measured_label = unharmonized["label"] or {}
-        margin = default_margin(measured_label.get("accuracy"), len(kept))
-    rows = []
-    for candidate in candidates:
-        reference = reference_of(kept, candidate.fractions, candidate.mask, goal)
-        samples = [harmonized_sample(r, candidate, reference, measured, normalized) for r in kept]
-        rows.append(measures(samples, names, label, folds, seed))
-    choice = choose(candidates, rows, unharmonized, label, margin)
     best = candidates[choice.index]
-    final_read = replace(read, mask=MaskMode(best.mask))
     fitted, fit_problems, _ = reference_from_files(
         [folders[goal]] if manifest is None and goal is not None else list(folders),
         best.fractions,
-        final_read,
+        replace(read, mask=MaskMode(best.mask)),
         on_result=on_result,
         executor=executor,
         manifest=None if manifest is None else _of_site(manifest, names, goal),
     )
     sites = [
-        {
-            "name": name,
-            "path": str(folders[k]) if manifest is None else str(manifest.source),
-            "count": per_site[k],
-            "sampled": sum(r.group == k for r in kept),
-        }
+        {"name": name, "path": str(folders[k]) if manifest is None else str(manifest.source)}
+        | {"count": plan.inputs[k], "sampled": sum(r.group == k for r in kept)}
         for k, name in enumerate(names)
     ]
     tuning = Tuning(
@@ -309,8 +295,8 @@ class DecomposeInputs(OneByOne):
 def _positions(
     frames: Sequence[np.ndarray], planes: Sequence[np.ndarray | None], rng: np.random.Generator
 ) -> list[np.ndarray]:
-    """:data:`SAMPLE_PIXELS` pixels drawn over the measured pixels of all slices (with
-    replacement when there are fewer), as flat indices into each slice."""
+    """The measured pixels of all slices, as flat indices into each slice: every one when
+    there are at most :data:`SAMPLE_PIXELS`, else that many drawn without replacement."""
     where = [
         np.arange(f.shape[1] * f.shape[2]) if p is None else np.flatnonzero(p)
         for f, p in zip(frames, planes)
@@ -321,6 +307,8 @@ def _positions(
         where = [np.arange(f.shape[1] * f.shape[2]) for f in frames]
         sizes = np.array([len(w) for w in where])
         total = int(sizes.sum())
-    drawn = np.sort(rng.choice(total, SAMPLE_PIXELS, replace=total < SAMPLE_PIXELS))
+    if total <= SAMPLE_PIXELS:
+        return where
+    drawn = np.sort(rng.choice(total, SAMPLE_PIXELS, replace=False))
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     return [w[drawn[(drawn >= a) & (drawn < b)] - a] for w, a, b in zip(where, bounds, bounds[1:])]

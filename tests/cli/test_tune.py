@@ -27,7 +27,9 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _digits(tmp_path_factory.mktemp("tune") / "digits", 60)
 
 
-def _tune(table: Path, out: Path, *extra: object) -> tuple[dict, str]:
+def _tune(
+    table: Path, out: Path, *extra: object, sample: int = 40, grid: str = GRID
+) -> tuple[dict, str]:
     result = svdharm(
         "tune",
         "--manifest",
@@ -41,9 +43,9 @@ def _tune(table: Path, out: Path, *extra: object) -> tuple[dict, str]:
         "--report",
         out / "tune.html",
         "--fractions-grid",
-        GRID,
+        grid,
         "--sample",
-        40,
+        sample,
         *extra,
     )
     assert result.code == 0, result.stderr
@@ -105,11 +107,13 @@ def test_tune_is_deterministic_for_a_seed(digits: Path, tmp_path: Path) -> None:
     runs = []
     for k in range(2):
         (tmp_path / str(k)).mkdir()
-        data, _ = _tune(digits, tmp_path / str(k), "--seed", 3, "--workers", 1 + k)
+        data, _ = _tune(
+            digits, tmp_path / str(k), "--seed", 3, "--workers", 1 + k, sample=20, grid="0.1,0.5"
+        )
         data.pop("seconds"), data.pop("reference")
         runs.append(data)
     assert runs[0] == runs[1]
-    other, _ = _tune(digits, tmp_path, "--seed", 4)
+    other, _ = _tune(digits, tmp_path, "--seed", 4, sample=20, grid="0.1,0.5")
     assert other["candidates"] != runs[0]["candidates"]  # another sample, other figures
 
 
