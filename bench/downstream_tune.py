@@ -15,7 +15,7 @@ The tune sample is drawn from all digits, so some of the images it measured are 
 of some seed's split: the choice among ten cut sets saw their labels (through a logistic
 regression on global statistics, not the CNN). Say so when reading the result.
 
-Run: ``python bench/downstream_tune.py [--jobs N]`` (about 8 minutes on 2 cores).
+Run: ``python bench/downstream_tune.py [--jobs N]`` (about 2 minutes on 2 cores).
 """
 
 from __future__ import annotations

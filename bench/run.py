@@ -32,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from tune import case_tune  # noqa: E402
+
 FRACTIONS = (0.07, 0.20, 0.50)
 CLI = [sys.executable, "-m", "svdharm_cli"]
 

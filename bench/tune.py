@@ -1,10 +1,12 @@
 """The cost of ``svdharm tune``'s grid: ten candidates against one, on the same sample.
 
-Each sampled image is decomposed once for every candidate (``svdharm_cli.core.spectrum``),
-so a grid of ten should cost at most twice one candidate (the target), where ten separate
-runs would cost ten times. Two samples: generated sites of 512 x 512 images, where the
-decomposition is most of the work, and scikit-learn's digits (28 x 28) with the digit as
-the label, where the classifier fits per candidate are (an informational row). Timed
+Each sampled image is decomposed once for every candidate's statistics and harmonized
+images (``svdharm_cli.core.spectrum``); what cannot be shared is the measurement, one
+decomposition of each harmonized image (compare's features). The target is a grid of ten at
+most twice one candidate; ten separate runs cost ten times. Two samples: generated sites
+of 512 x 512 images, where the decompositions are most of the work, and scikit-learn's
+digits (28 x 28) with the digit as the label, where the classifier fits weigh as much (an
+informational row). Timed
 in-process (best of ``repeats``), so that start-up does not flatter the ratio.
 """
 

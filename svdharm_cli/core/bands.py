@@ -123,6 +123,21 @@ class Bands:
         """Pixels the statistics are taken over (the mask's, or every pixel)."""
         return self.xp.size(self.x) if self.mask is None else int(self.mask.sum())
 
+    def recut(self, fractions: Sequence[float]) -> Bands:
+        """The same decomposition cut at ``fractions`` instead: the cuts decide which
+        singular vectors go to which band, not the vectors, so a channel decomposed once up
+        to its largest cut serves every smaller set of cuts (``svdharm tune``). Equal to
+        :func:`decompose` with ``fractions`` up to float rounding."""
+        ranks = band_ranks(int(self.x.shape[1]), validate_fractions(fractions))
+        k = ranks[-1]
+        if k > self.p.shape[1]:
+            raise ValueError(
+                f"cuts {tuple(fractions)} need rank {k}; decomposed up to {self.p.shape[1]}"
+            )
+        return Bands(
+            self.x, self.p[:, :k], self.v[:, :k], ranks, self.transposed, self.mask, self.xp
+        )
+
     def _column_slices(self) -> list[slice]:
         edges = (0, *self.ranks)
         return [slice(a, b) for a, b in zip(edges, edges[1:])]

@@ -1,25 +1,16 @@
-"""Band cuts chosen by evidence: every candidate's harmonized sample measured as ``compare``
-measures, and a stated rule that picks one (the work of ``svdharm tune`` once the sampled
-images are decomposed; :mod:`svdharm_cli.run.tuning` reads and decomposes them).
+"""Band cuts chosen by evidence: every candidate measured as ``compare`` measures, and a
+stated rule that picks one (the measures and the rule of ``svdharm tune``;
+:mod:`svdharm_cli.run.tuning` reads, decomposes and harmonizes the images).
 
-Each sampled input arrives as a :class:`Decomposed`: its slices' spectra
-(:class:`~svdharm_cli.core.spectrum.SliceSpectrum`, one decomposition for every candidate).
-For each :class:`Candidate` (cuts and mask):
-
-1. every input's moments at the candidate's cuts over the candidate's mask, pooled per
-   volume (METHOD.md section 3a);
-2. the reference: the plain average of those moments over the target site's sampled
-   images (every site's by default), as ``fit-reference`` would fit it from them;
-3. every input harmonized with it (METHOD.md section 4), measured at the fixed
-   :data:`~svdharm_cli.core.spectrum.YARDSTICK` (band statistics pooled per input) and at
-   its sampled pixels (percentiles, the Wasserstein sample; clipped to [0, 1] in normalized
-   units, as harmonize writes them): one :class:`~svdharm_cli.evidence.compare.Sample`;
-4. compare's measures of those samples: site separability, and with a label its
-   cross-validated and leave-one-site-out accuracy; the mean Wasserstein distance between
-   the sites.
-
-The unharmonized inputs, measured the same way, are the row to beat. :func:`choose` states
-and applies the rule.
+For each :class:`Candidate` (cuts and mask) tune fits a reference on the target site's
+sampled images (:func:`reference_of`: the plain average of their pooled per-volume
+statistics, as ``fit-reference`` averages), harmonizes every sampled image to it in memory
+and measures the result: one :class:`~svdharm_cli.evidence.compare.Sample` per image, its
+features those of ``compare`` at the fixed :data:`YARDSTICK` cuts. :func:`measures` takes
+compare's measures of a row of samples (site separability; with a label, its
+cross-validated and leave-one-site-out accuracy; the mean Wasserstein distance between the
+sites). The unharmonized images, measured the same way, are the row to beat.
+:func:`choose` states and applies the rule.
 """
 
 from __future__ import annotations
@@ -31,11 +22,8 @@ from typing import Any
 import numpy as np
 
 from svdharm_cli import __version__
-from svdharm_cli.core.methods import Moments, pool
-from svdharm_cli.core.reference import UNITS
-from svdharm_cli.core.spectrum import YARDSTICK, SliceSpectrum, harmonizing_map
+from svdharm_cli.core.methods import Moments
 from svdharm_cli.evidence.compare import (
-    PERCENTILES,
     Problem,
     Sample,
     label_measures,
@@ -87,97 +75,26 @@ class Candidate:
         return f"({cuts})" + ("" if self.mask == "none" else f" mask {self.mask}")
 
 
-@dataclass(frozen=True)
-class Decomposed:
-    """One sampled input, decomposed once for every candidate."""
-
-    group: int
-    path: str
-    unit: str
-    channels: int
-    kind: str
-    label: str
-    slices: list[SliceSpectrum]
-    volumes: list[list[int]]
-    """The slices of each volume (one map per volume, METHOD.md section 3a)."""
-
-
-def volume_moments(record: Decomposed, fractions: Sequence[float], pixels: str) -> list[Moments]:
-    """The input's moments at ``fractions`` over ``pixels``, pooled per volume."""
-    return [
-        pool([record.slices[i].moments(fractions, pixels) for i in volume])
-        for volume in record.volumes
-    ]
-
-
 def reference_of(
-    records: Sequence[Decomposed], fractions: Sequence[float], pixels: str, target: int | None
+    statistics: Sequence[Sequence[Moments]],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The candidate's reference: the plain average of the target site's (every site's when
-    ``target`` is None) per-volume moments (METHOD.md section 3)."""
-    moments = [
-        m
-        for r in records
-        if target is None or r.group == target
-        for m in volume_moments(r, fractions, pixels)
-    ]
+    """A candidate's reference from its statistics on the reference images (each image's
+    per-volume moments): the plain average over volumes (METHOD.md section 3)."""
+    moments = [m for volumes in statistics for m in volumes]
     if not moments:
-        raise ValueError("the target site has no sampled image")
+        raise ValueError("no reference image")
     return np.mean([m.means for m in moments], axis=0), np.mean([m.stds for m in moments], axis=0)
 
 
-def harmonized_sample(
-    record: Decomposed,
-    candidate: Candidate | None,
-    reference: tuple[np.ndarray, np.ndarray] | None,
-    measured: str,
-    normalized: bool,
-) -> Sample:
-    """The input harmonized with ``candidate`` to ``reference`` (the input as it is when
-    ``candidate`` is None), measured over the ``measured`` pixels."""
-    moments, values = [], []
-    if candidate is None or reference is None:
-        fractions: Sequence[float] = YARDSTICK
-        unchanged = (np.ones((record.channels, len(YARDSTICK) + 1)), np.zeros(record.channels))
-        maps = [unchanged] * len(record.volumes)
-    else:
-        fractions = candidate.fractions
-        own = volume_moments(record, fractions, candidate.mask)
-        maps = [harmonizing_map(m, reference) for m in own]
-    for volume, (scales, offsets) in zip(record.volumes, maps):
-        for i in volume:
-            m, x = record.slices[i].measure(fractions, scales, offsets, measured)
-            moments.append(m)
-            values.append(x)
-    pooled = pool(moments)
-    pixels = np.concatenate(values, axis=1)
-    if normalized and candidate is not None:
-        np.clip(pixels, 0.0, 1.0, out=pixels)
-    return Sample(
-        group=record.group,
-        path=record.path,
-        unit=record.unit,
-        channels=record.channels,
-        means=pooled.means,
-        stds=pooled.stds,
-        percentiles=np.percentile(pixels, PERCENTILES, axis=1).T,
-        pixels=_repeated(pixels, WASSERSTEIN_PIXELS),
-        kind=record.kind,
-        label=record.label,
-    )
+YARDSTICK: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7)
+"""The cuts every row is measured at (compare's features with these fractions): finer than
+any default candidate, about evenly spaced on a log scale. Measured at a candidate's own
+cuts, harmonization would match what is measured by construction and the candidate would
+pass its own test; measured finer, what a coarse cut leaves unmatched inside a band shows."""
 
-
-WASSERSTEIN_PIXELS = 4096
-"""Values per image in its site's pooled distribution (an image's sampled values repeated
-or cut to this many, so that every image weighs the same)."""
-
-
-def _repeated(values: np.ndarray, size: int) -> np.ndarray:
-    """``(C, m)`` values as ``(C, size)``: repeated in turn when fewer, the first ``size``
-    (a random sample already) when more."""
-    if values.shape[1] == size:
-        return values
-    return np.stack([np.resize(row, size) for row in values])
+WASSERSTEIN_PIXELS = 2048
+"""Pixels per image (per channel) kept for the Wasserstein distances: the first of
+compare's seeded pixel sample (which already weighs every image the same)."""
 
 
 def measures(
@@ -225,40 +142,6 @@ def wasserstein_sorted(a: np.ndarray, b: np.ndarray) -> float:
     ia = np.minimum((middle * n).astype(np.int64), n - 1)
     ib = np.minimum((middle * m).astype(np.int64), m - 1)
     return float((widths * np.abs(a[ia] - b[ib])).sum())
-
-
-def evaluate(
-    records: Sequence[Decomposed],
-    names: Sequence[str],
-    candidates: Sequence[Candidate],
-    label: str | None,
-    target: int | None,
-    measured: str,
-    folds: int,
-    seed: int,
-    margin: float | None = None,
-) -> tuple[dict[str, Any], list[dict[str, Any]], float, Choice]:
-    """The unharmonized row, every candidate's row (see the module), the label guard's
-    margin (:func:`default_margin` unless given) and the :func:`choose` of them."""
-    normalized = records[0].unit == UNITS[0]  # "normalized": harmonize clips to [0, 1]
-    unharmonized = measures(
-        [harmonized_sample(r, None, None, measured, normalized) for r in records],
-        names,
-        label,
-        folds,
-        seed,
-    )
-    if margin is None:
-        measured_label = unharmonized["label"] or {}
-        margin = default_margin(measured_label.get("accuracy"), len(records))
-    rows = []
-    for candidate in candidates:
-        reference = reference_of(records, candidate.fractions, candidate.mask, target)
-        samples = [
-            harmonized_sample(r, candidate, reference, measured, normalized) for r in records
-        ]
-        rows.append(measures(samples, names, label, folds, seed))
-    return unharmonized, rows, margin, choose(candidates, rows, unharmonized, label, margin)
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,16 @@
-"""The work of ``svdharm tune``: a seeded sample of every site, each image decomposed once
-by the workers for every candidate, the candidates measured and one chosen here
-(:mod:`svdharm_cli.evidence.tuning`), then the reference fitted with the chosen cuts on the
-target site's images, exactly as ``fit-reference`` fits it.
+"""The work of ``svdharm tune``, run wherever tasks run.
 
-Only what the measures need travels back from the workers: each slice's
-:class:`~svdharm_cli.core.spectrum.SliceSpectrum` (moments of its segments, and their values
-at 4,096 sampled pixels per input), never the image.
+1. A seeded sample of every site (:func:`sampled_per_site`).
+2. The reference images (the target site's sampled images; all of them by default): each
+   decomposed once for every candidate's statistics (:class:`FitCandidates`); the client
+   averages them into one reference per candidate.
+3. Every sampled image: decomposed once, harmonized with every candidate from that one
+   decomposition (:mod:`svdharm_cli.core.spectrum`), and each result measured as compare
+   measures it, at the fixed yardstick cuts (:class:`MeasureCandidates`); the unharmonized
+   image too. Features travel back, never pixels.
+4. The candidates' measures and the rule's choice (:mod:`svdharm_cli.evidence.tuning`), then
+   the reference fitted with the chosen cuts on the target site's images by
+   :func:`~svdharm_cli.run.fitting.reference_from_files`, as ``fit-reference`` fits it.
 """
 
 from __future__ import annotations
@@ -18,17 +23,29 @@ from typing import Any
 
 import numpy as np
 
+from svdharm_cli.core.bands import Bands
 from svdharm_cli.core.masks import MaskMode
-from svdharm_cli.core.reference import Reference
-from svdharm_cli.core.spectrum import YARDSTICK, slice_spectrum
-from svdharm_cli.errors import UsageError
-from svdharm_cli.evidence.compare import DEFAULT_FOLDS
-from svdharm_cli.evidence.tuning import (
-    Candidate,
-    Decomposed,
-    Tuning,
-    evaluate,
+from svdharm_cli.core.methods import Moments, pool, slice_moments
+from svdharm_cli.core.reference import Reference, describe_kind
+from svdharm_cli.core.spectrum import (
+    decompose_once,
+    harmonized,
+    harmonizing_map,
+    slice_spectrum,
 )
+from svdharm_cli.errors import UsageError
+from svdharm_cli.evidence.compare import DEFAULT_FOLDS, Sample, sample_from_moments
+from svdharm_cli.evidence.tuning import (
+    WASSERSTEIN_PIXELS,
+    YARDSTICK,
+    Candidate,
+    Tuning,
+    choose,
+    default_margin,
+    measures,
+    reference_of,
+)
+from svdharm_cli.files.formats import NORMALIZED, Image
 from svdharm_cli.files.inputs import input_masks, read_input, volumes_of
 from svdharm_cli.files.manifest import Manifest
 from svdharm_cli.run.executors import Executor, OneByOne
@@ -36,14 +53,14 @@ from svdharm_cli.run.executors.local import LocalPool
 from svdharm_cli.run.executors.work import gather
 from svdharm_cli.run.fitting import reference_from_files
 from svdharm_cli.run.options import ReadOptions
-from svdharm_cli.run.results import OK, FileResult, outcome_of
+from svdharm_cli.run.results import OK, SKIPPED, FileResult, outcome_of
 from svdharm_cli.run.sampling import Grouped, listed_groups, of_one_kind, walked_groups
 
-SAMPLE_PIXELS = 4096
-"""Pixels sampled per input (per channel, over the measured pixels; all of them in a
-smaller image) for the percentiles and the Wasserstein distances of every candidate."""
 DEFAULT_SAMPLE = 50
 """Images (inputs: a series or volume counts once) sampled per site."""
+
+Kind = tuple[str, str, int]
+"""(kind, unit, channel count)."""
 
 
 @dataclass(frozen=True)
@@ -55,12 +72,14 @@ class Plan:
     """Inputs found per site."""
     sampled: list[int]
     """Inputs sampled per site."""
+    references: int
+    """Sampled inputs the candidates' references are fitted on."""
     candidates: int
     largest: float
     """The largest cut any candidate or the yardstick asks for."""
     fits: int
-    """Classifier fits per candidate."""
-    reference_inputs: int
+    """Classifier fits per row."""
+    fitted_on: int
     """Inputs the chosen reference is fitted on."""
 
     @classmethod
@@ -74,13 +93,14 @@ class Plan:
         folds: int,
         goal: int | None,
     ) -> Plan:
-        """The plan of sites ``names`` with ``items`` found and ``sampled``; the reference
+        """The plan of sites ``names`` with ``items`` found and ``sampled``; the references
         fitted on site ``goal`` (all when None)."""
         found = [sum(i.group == k for i in items) for k in range(len(names))]
         return cls(
             names,
             found,
             [sum(i.group == k for i in sampled) for k in range(len(names))],
+            sum(goal is None or i.group == goal for i in sampled),
             len(candidates),
             max(f for c in candidates for f in (*c.fractions, *YARDSTICK)),
             folds + (folds + len(names) if labelled else 0),
@@ -88,14 +108,17 @@ class Plan:
         )
 
     def describe(self) -> str:
-        sampled, found = sum(self.sampled), sum(self.inputs)
+        sampled, found, n = sum(self.sampled), sum(self.inputs), self.candidates
         return (
             f"tune: {len(self.sites)} sites, {sampled} of {found} images sampled "
-            f"({', '.join(f'{s} {n}' for s, n in zip(self.sites, self.sampled))}); "
-            f"each decomposed once, up to {100 * self.largest:g} % of its singular values, "
-            f"for all {self.candidates} candidates (not {self.candidates} times); then "
-            f"{self.candidates + 1} x {self.fits} classifier fits; then the reference fitted "
-            f"on {self.reference_inputs} images"
+            f"({', '.join(f'{s} {k}' for s, k in zip(self.sites, self.sampled))}), "
+            f"{n} candidates. Work: {self.references} reference images decomposed once for "
+            f"all candidates' statistics; every sampled image decomposed once (up to "
+            f"{100 * self.largest:g} % of its singular values), harmonized {n} times from that "
+            f"decomposition and each result decomposed to be measured ({sampled} x {n + 1} "
+            f"measured, against {sampled} x {3 * n} decompositions for {n} separate tries); "
+            f"{n + 1} x {self.fits} classifier fits; the reference fitted on "
+            f"{self.fitted_on} images"
         )
 
 
@@ -118,44 +141,52 @@ def tune(
 ) -> tuple[Tuning, Reference]:
     """Measure every candidate on a seeded sample of every site, choose one by the rule of
     :func:`~svdharm_cli.evidence.tuning.choose`, and fit the reference with its cuts and mask
-    on the target site's images (every site's when ``target`` is None), as
-    :func:`~svdharm_cli.run.fitting.reference_from_files` (fit-reference) fits it.
-    ``margin`` defaults to :func:`~svdharm_cli.evidence.tuning.default_margin`; ``output``
-    is only recorded (the caller writes the reference). Raises
+    on the target site's images (every site's when ``target`` is None) as fit-reference
+    does. ``margin`` defaults to :func:`~svdharm_cli.evidence.tuning.default_margin`;
+    ``output`` is only recorded (the caller writes the reference). Raises
     :class:`UsageError` for fewer than two sites, an unknown target site, or no image.
     """
     start = time.perf_counter()
     executor = executor or LocalPool(1)
-    here = executor.worker_path
     if manifest is not None:
-        names, items, problems = listed_groups(manifest, label, here)
+        names, items, problems = listed_groups(manifest, label, executor.worker_path)
     else:
-        names, items, problems = walked_groups(folders, read, here)
+        names, items, problems = walked_groups(folders, read, executor.worker_path)
     if len(names) < 2:
         raise UsageError("tune needs at least two sites (folders, or sites of a manifest)")
     goal = None if target is None else _site(names, target)
-    chosen_items = sampled_per_site(items, len(names), sample, seed)
-    modes = list(dict.fromkeys(c.mask for c in candidates))
-    measured = next((m for m in modes if m != MaskMode.NONE.value), MaskMode.NONE.value)
-    plan = Plan.of(names, items, chosen_items, candidates, label is not None, folds, goal)
+    chosen = sampled_per_site(items, len(names), sample, seed)
+    plan = Plan.of(names, items, chosen, candidates, label is not None, folds, goal)
     on_plan(plan)
     executor.check(sorted({item.root for item in items}), [])
-    task = DecomposeInputs(
-        tuple(dict.fromkeys(c.fractions for c in candidates)), read, tuple(modes), measured, seed
+    modes = tuple(dict.fromkeys(c.mask for c in candidates))
+    measured = next((m for m in modes if m != MaskMode.NONE.value), MaskMode.NONE.value)
+    fit = FitCandidates(tuple(candidates), read)
+    fitted: list[Fitted] = gather(
+        executor, fit, [i for i in chosen if goal is None or i.group == goal], lambda r: None
     )
-    outcomes: list[Spectra] = gather(executor, task, chosen_items, on_result)
+    kept = [f for f in fitted if f.kind is not None]
+    if not kept:
+        raise UsageError("no sampled reference image could be read", hint=_first(fitted))
+    kind, _ = of_one_kind([_Kinded(*f.kind) for f in kept if f.kind], [])
+    references = [
+        reference_of([f.statistics[k] for f in kept if f.kind == kind])
+        for k in range(len(candidates))
+    ]
+    task = MeasureCandidates(tuple(candidates), tuple(references), read, measured, kind, seed)
+    outcomes: list[Measured] = gather(executor, task, chosen, on_result)
     problems = problems + [r for o in outcomes for r in o.results if r.status != OK]
-    records = [o.record for o in outcomes if o.record is not None]
-    if not records:
-        raise UsageError("no sampled image could be read")
-    (kind, unit, channels), kept = of_one_kind(records, problems)
-    if goal is not None and not any(r.group == goal for r in kept):
-        raise UsageError(f"no sampled image of site {target!r} could be read")
-    unharmonized, rows, margin, choice = evaluate(
-        kept, names, candidates, label, goal, measured, folds, seed, margin
-    )
+    samples = [o.samples for o in outcomes if o.samples]
+    unharmonized = measures([s[0] for s in samples], names, label, folds, seed)
+    if margin is None:
+        margin = default_margin((unharmonized["label"] or {}).get("accuracy"), len(samples))
+    rows = [
+        measures([s[k + 1] for s in samples], names, label, folds, seed)
+        for k in range(len(candidates))
+    ]
+    choice = choose(candidates, rows, unharmonized, label, margin)
     best = candidates[choice.index]
-    fitted, fit_problems, _ = reference_from_files(
+    reference, fit_problems, _ = reference_from_files(
         [folders[goal]] if manifest is None and goal is not None else list(folders),
         best.fractions,
         replace(read, mask=MaskMode(best.mask)),
@@ -165,7 +196,7 @@ def tune(
     )
     sites = [
         {"name": name, "path": str(folders[k]) if manifest is None else str(manifest.source)}
-        | {"count": plan.inputs[k], "sampled": sum(r.group == k for r in kept)}
+        | {"count": plan.inputs[k], "sampled": sum(s[0].group == k for s in samples)}
         for k, name in enumerate(names)
     ]
     tuning = Tuning(
@@ -178,9 +209,9 @@ def tune(
         margin=margin,
         target=target,
         measured=measured,
-        kind=kind,
-        unit=unit,
-        channels=channels,
+        kind=kind[0],
+        unit=kind[1],
+        channels=kind[2],
         sample=sample,
         seed=seed,
         folds=folds,
@@ -188,7 +219,7 @@ def tune(
         reference=str(output),
         seconds=time.perf_counter() - start,
     )
-    return tuning, fitted
+    return tuning, reference
 
 
 def _site(names: Sequence[str], target: str) -> int:
@@ -202,6 +233,18 @@ def _of_site(manifest: Manifest, names: Sequence[str], goal: int | None) -> Mani
     if goal is None:
         return manifest
     return replace(manifest, rows=tuple(r for r in manifest.rows if r.site == names[goal]))
+
+
+def _first(outcomes: Sequence[Fitted]) -> str | None:
+    return next((r.reason for o in outcomes for r in o.results if r.reason), None)
+
+
+@dataclass(frozen=True)
+class _Kinded:
+    kind: str
+    unit: str
+    channels: int
+    path: str = ""
 
 
 def sampled_per_site(items: Sequence[Grouped], sites: int, sample: int, seed: int) -> list[Grouped]:
@@ -220,95 +263,203 @@ def sampled_per_site(items: Sequence[Grouped], sites: int, sample: int, seed: in
 
 
 @dataclass(frozen=True)
-class Spectra:
-    """One input's outcome: a result per file, and its decomposition when it was read."""
+class _Slices:
+    """An input read for tune: its images, slices, each mask mode's planes, its volumes."""
 
-    index: int
-    results: list[FileResult]
-    record: Decomposed | None
+    images: list[Image]
+    frames: list[np.ndarray]
+    planes: dict[str, list[np.ndarray | None]]
+    volumes: list[list[int]]
+
+    @property
+    def kind(self) -> Kind:
+        image = self.images[0]
+        return (image.kind, image.unit, image.channel_count)
+
+
+def _read(item: Grouped, read: ReadOptions, modes: Sequence[str]) -> _Slices:
+    root, inp = item.root, item.inp
+    images = read_input(root, inp, read.max_pixels, read.slice_axis, kinds=read.kinds)
+    planes: dict[str, list[np.ndarray | None]] = {}
+    for mode in dict.fromkeys(modes):
+        how = replace(read, mask=MaskMode(mode))
+        masks = input_masks(images, inp, root, how.mask, how.mask_files, read.slice_axis)
+        planes[mode] = [
+            None if volume_mask is None else volume_mask[f]
+            for image, volume_mask in zip(images, masks)
+            for f in range(image.frame_count)
+        ]
+    frames = [frame for image in images for frame in image.frames]
+    return _Slices(images, frames, planes, volumes_of(images))
+
+
+def _candidate_statistics(
+    slices: _Slices, bands: list[list[Bands]], candidates: Sequence[Candidate]
+) -> list[list[Moments]]:
+    """Each candidate's moments of the input, pooled per volume, from one decomposition."""
+    cut_sets = [c.fractions for c in candidates]
+    spectra = [
+        slice_spectrum(b, cut_sets, {m: slices.planes[m][f] for m in slices.planes})
+        for f, b in enumerate(bands)
+    ]
+    return [
+        [
+            pool([spectra[i].moments(c.fractions, c.mask) for i in volume])
+            for volume in slices.volumes
+        ]
+        for c in candidates
+    ]
 
 
 @dataclass(frozen=True)
-class DecomposeInputs(OneByOne):
-    """The task of tune: each input decomposed once for every cut set (payload
-    :class:`Spectra`)."""
+class Fitted:
+    """A reference image's outcome: its kind and each candidate's per-volume moments."""
 
-    cut_sets: tuple[tuple[float, ...], ...]
+    index: int
+    results: list[FileResult]
+    kind: Kind | None
+    statistics: list[list[Moments]]
+
+
+@dataclass(frozen=True)
+class FitCandidates(OneByOne):
+    """Step 2: a reference image decomposed once for every candidate's statistics
+    (payload :class:`Fitted`)."""
+
+    candidates: tuple[Candidate, ...]
     read: ReadOptions
-    masks: tuple[str, ...]
-    """The pixel sets the candidates take statistics over (mask modes)."""
+
+    def one(
+        self, item: Grouped, threads: int, report: Callable[[Any], None], stop: Any = None
+    ) -> None:
+        try:
+            slices = _read(item, self.read, [c.mask for c in self.candidates])
+            cut_sets = [c.fractions for c in self.candidates]
+            bands = [decompose_once(frame, cut_sets) for frame in slices.frames]
+            statistics = _candidate_statistics(slices, bands, self.candidates)
+        except Exception as exc:  # the input's failure, never the run's (outcome_of)
+            found = outcome_of(exc, item.inp, item.shown / item.inp.files[0])
+            report(Fitted(item.index, item.results(found.status, found.reason), None, []))
+            return
+        report(Fitted(item.index, item.results(OK), slices.kind, statistics))
+
+    def lost(self, item: Grouped, reason: str) -> Fitted:
+        return Fitted(item.index, item.lost(reason), None, [])
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A sampled image's outcome: a result per file and, when it was measured, its
+    samples: unharmonized first, then one per candidate."""
+
+    index: int
+    results: list[FileResult]
+    samples: list[Sample]
+
+
+@dataclass(frozen=True)
+class MeasureCandidates(OneByOne):
+    """Step 3: a sampled image decomposed once, harmonized with every candidate and each
+    result measured as compare measures it (payload :class:`Measured`). An image of another
+    kind than ``kind`` is left out, saying why."""
+
+    candidates: tuple[Candidate, ...]
+    references: tuple[tuple[np.ndarray, np.ndarray], ...]
+    read: ReadOptions
     measured: str
-    """The pixel set every candidate is measured over."""
+    kind: Kind
     seed: int
 
     def one(
         self, item: Grouped, threads: int, report: Callable[[Any], None], stop: Any = None
     ) -> None:
         try:
-            record = self.decompose(item)
+            samples = self.measure(item)
         except Exception as exc:  # the input's failure, never the run's (outcome_of)
             found = outcome_of(exc, item.inp, item.shown / item.inp.files[0])
-            report(Spectra(item.index, item.results(found.status, found.reason), None))
+            report(Measured(item.index, item.results(found.status, found.reason), []))
             return
-        report(Spectra(item.index, item.results(OK), record))
+        if isinstance(samples, str):
+            report(Measured(item.index, item.results(SKIPPED, samples), []))
+            return
+        report(Measured(item.index, item.results(OK), samples))
 
-    def lost(self, item: Grouped, reason: str) -> Spectra:
-        return Spectra(item.index, item.lost(reason), None)
+    def lost(self, item: Grouped, reason: str) -> Measured:
+        return Measured(item.index, item.lost(reason), [])
 
-    def decompose(self, item: Grouped) -> Decomposed:
-        root, inp = item.root, item.inp
-        read = replace(self.read, mask_dir=item.mask_dir) if item.mask_dir else self.read
-        images = read_input(root, inp, read.max_pixels, read.slice_axis, kinds=read.kinds)
-        frames = [frame for image in images for frame in image.frames]
-        planes: dict[str, list[np.ndarray | None]] = {}
-        for mode in dict.fromkeys((*self.masks, self.measured)):
-            how = replace(read, mask=MaskMode(mode))
-            masks = input_masks(images, inp, root, how.mask, how.mask_files, read.slice_axis)
-            planes[mode] = [
-                None if volume_mask is None else volume_mask[f]
-                for image, volume_mask in zip(images, masks)
-                for f in range(image.frame_count)
-            ]
-        positions = _positions(
-            frames, planes[self.measured], np.random.default_rng([self.seed, item.index])
-        )
-        slices = [
-            slice_spectrum(
-                frame, self.cut_sets, {m: planes[m][f] for m in planes}, positions[f], YARDSTICK
+    def measure(self, item: Grouped) -> list[Sample] | str:
+        """The samples, or why the image is left out."""
+        modes = [c.mask for c in self.candidates] + [self.measured]
+        slices = _read(item, self.read, modes)
+        shown = _shown(item)
+        if slices.kind != self.kind:
+            ours, theirs = (
+                describe_kind(u, c, k or "no kind") for k, u, c in (slices.kind, self.kind)
             )
-            for f, frame in enumerate(frames)
-        ]
-        shown = item.shown / inp.files[0] if inp.volume is None else item.shown / inp.volume
-        image = images[0]
-        return Decomposed(
-            group=item.group,
-            path=str(shown),
-            unit=image.unit,
-            channels=image.channel_count,
-            kind=image.kind,
-            label=item.label,
-            slices=slices,
-            volumes=volumes_of(images),
-        )
+            return (
+                f"{shown}: is {ours} but the reference images are {theirs}: "
+                "only images of one kind are compared"
+            )
+        cut_sets = [c.fractions for c in self.candidates] + [YARDSTICK]
+        bands = [decompose_once(frame, cut_sets) for frame in slices.frames]
+        statistics = _candidate_statistics(slices, bands, self.candidates)
+        measure = slices.planes[self.measured]
+        rows = [_features(bands, measure, None)]
+        for k, candidate in enumerate(self.candidates):
+            maps = [harmonizing_map(m, self.references[k]) for m in statistics[k]]
+            per_slice = [maps[v] for v, volume in enumerate(slices.volumes) for _ in volume]
+            new = []
+            for f, (b, (scales, offsets)) in enumerate(zip(bands, per_slice)):
+                y = harmonized(b, candidate.fractions, scales, offsets)
+                keep = slices.planes[candidate.mask][f] if candidate.mask != "none" else None
+                if keep is not None:
+                    y[:, ~keep] = slices.frames[f][:, ~keep]
+                if self.kind[1] == NORMALIZED:
+                    np.clip(y, 0.0, 1.0, out=y)
+                new.append(y)
+            rows.append(_features(None, measure, new))
+        return [self._sample(item, shown, moments, values) for moments, values in rows]
+
+    def _sample(
+        self, item: Grouped, shown: str, moments: list[Moments], values: list[list[np.ndarray]]
+    ) -> Sample:
+        rng = np.random.default_rng([self.seed, item.index])
+        s = sample_from_moments(item.group, shown, self.kind[1], moments, values, rng, self.kind[0])
+        return replace(s, label=item.label, pixels=s.pixels[:, :WASSERSTEIN_PIXELS])
 
 
-def _positions(
-    frames: Sequence[np.ndarray], planes: Sequence[np.ndarray | None], rng: np.random.Generator
-) -> list[np.ndarray]:
-    """The measured pixels of all slices, as flat indices into each slice: every one when
-    there are at most :data:`SAMPLE_PIXELS`, else that many drawn without replacement."""
-    where = [
-        np.arange(f.shape[1] * f.shape[2]) if p is None else np.flatnonzero(p)
-        for f, p in zip(frames, planes)
-    ]
-    sizes = np.array([len(w) for w in where])
-    total = int(sizes.sum())
-    if total == 0:  # nothing measured: every pixel stands in
-        where = [np.arange(f.shape[1] * f.shape[2]) for f in frames]
-        sizes = np.array([len(w) for w in where])
-        total = int(sizes.sum())
-    if total <= SAMPLE_PIXELS:
-        return where
-    drawn = np.sort(rng.choice(total, SAMPLE_PIXELS, replace=False))
-    bounds = np.concatenate([[0], np.cumsum(sizes)])
-    return [w[drawn[(drawn >= a) & (drawn < b)] - a] for w, a, b in zip(where, bounds, bounds[1:])]
+def _shown(item: Grouped) -> str:
+    inp = item.inp
+    return str(item.shown / inp.files[0] if inp.volume is None else item.shown / inp.volume)
+
+
+def _features(
+    bands: list[list[Bands]] | None,
+    planes: list[np.ndarray | None],
+    frames: list[np.ndarray] | None,
+) -> tuple[list[Moments], list[list[np.ndarray]]]:
+    """compare's features at the yardstick (:func:`~svdharm_cli.evidence.compare.
+    slice_features`): of the input from its decomposition ``bands`` cut at the yardstick, or
+    of new ``frames`` decomposed afresh."""
+    from svdharm_cli.evidence.compare import slice_features
+
+    if frames is not None:
+        return slice_features(zip(frames, planes), YARDSTICK, frames[0].shape[0])
+    assert bands is not None
+    moments: list[Moments] = []
+    values: list[list[np.ndarray]] = [[] for _ in bands[0]]
+    for per_channel, plane in zip(bands, planes):
+        cut = [_masked(b.recut(YARDSTICK), plane) for b in per_channel]
+        moments.append(slice_moments(cut))
+        for c, b in enumerate(per_channel):
+            x = b.x.T if b.transposed else b.x
+            values[c].append(x[plane] if plane is not None else x.ravel())
+    return moments, values
+
+
+def _masked(bands: Bands, plane: np.ndarray | None) -> Bands:
+    """``bands`` with statistics over ``plane`` (as :func:`~svdharm_cli.core.bands.decompose`
+    takes a mask: None when every pixel is in)."""
+    if plane is None or plane.all():
+        return bands
+    return replace(bands, mask=plane.T if bands.transposed else plane)
