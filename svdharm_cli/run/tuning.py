@@ -194,6 +194,7 @@ def tune(
         executor=executor,
         manifest=None if manifest is None else _of_site(manifest, names, goal),
     )
+    reported = {p.path for p in problems}  # the fit meets the same damaged files again
     sites = [
         {"name": name, "path": str(folders[k]) if manifest is None else str(manifest.source)}
         | {"count": plan.inputs[k], "sampled": sum(s[0].group == k for s in samples)}
@@ -215,7 +216,7 @@ def tune(
         sample=sample,
         seed=seed,
         folds=folds,
-        problems=problems + [p for p in fit_problems if p not in problems],
+        problems=problems + [p for p in fit_problems if p.path not in reported],
         reference=str(output),
         seconds=time.perf_counter() - start,
     )

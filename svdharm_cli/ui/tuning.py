@@ -12,6 +12,7 @@ from svdharm_cli.ui.parameters import (
     Kind,
     Label,
     ManifestOption,
+    MaskChoice,
     MaxPixels,
     Quiet,
     Scheduler,
@@ -23,7 +24,6 @@ from svdharm_cli.ui.parameters import (
     read_options,
     worker_options,
 )
-from svdharm_cli.ui.parameters import MaskChoice as MaskChoice
 from svdharm_cli.ui.runs import on_workers
 
 MASK_MODES = ("none", "auto", "dir")

@@ -236,3 +236,28 @@ def test_bad_options_are_usage_errors(args: tuple[str, ...], message: str, tmp_p
 def test_one_site_is_not_enough(tmp_path: Path) -> None:
     result = svdharm("tune", SAMPLES / "fundus" / "site_a", "-o", tmp_path / "r.json")
     assert result.code == 2 and "at least two sites" in result.stderr
+
+
+def test_a_damaged_file_fails_alone_and_is_reported_once(tmp_path: Path) -> None:
+    for site in ("site_a", "site_b"):
+        (tmp_path / site).mkdir()
+        for png in sorted((SAMPLES / "fundus" / site).glob("*.png")):
+            shutil.copy(png, tmp_path / site / png.name)
+    first = sorted((tmp_path / "site_a").glob("*.png"))[0]
+    (tmp_path / "site_a" / "cut.png").write_bytes(first.read_bytes()[:300])
+    result = svdharm(
+        "tune",
+        tmp_path / "site_a",
+        tmp_path / "site_b",
+        "--fractions-grid",
+        "0.1,0.5",
+        "-o",
+        tmp_path / "reference.json",
+        "--json",
+        tmp_path / "tune.json",
+    )
+    assert result.code == 1 and result.stderr.count("cut.png") == 1
+    data = json.loads((tmp_path / "tune.json").read_text())
+    assert [Path(r["path"]).name for r in data["left_out"]] == ["cut.png"]
+    assert data["sites"][0]["count"] == data["sites"][0]["sampled"] + 1
+    assert json.loads((tmp_path / "reference.json").read_text())["fractions"] == [0.1, 0.5]
