@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import CHROMIUM, decoded_images
 from tests.cli.test_manifest import _digits, _files
 from tests.conftest import svdharm
 
@@ -261,3 +262,12 @@ def test_a_damaged_file_fails_alone_and_is_reported_once(tmp_path: Path) -> None
     assert [Path(r["path"]).name for r in data["left_out"]] == ["cut.png"]
     assert data["sites"][0]["count"] == data["sites"][0]["sampled"] + 1
     assert json.loads((tmp_path / "reference.json").read_text())["fractions"] == [0.1, 0.5]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
+def test_tune_report_opens_in_headless_browser(digits: Path, tmp_path: Path) -> None:
+    _tune(digits, tmp_path, sample=20, grid="0.1,0.5;0.2")
+    html = (tmp_path / "tune.html").read_text()
+    decoded, total, verdict = decoded_images(html, "verdict")
+    assert decoded == total == 1
+    assert verdict is not None and "Chosen: --fractions" in verdict
