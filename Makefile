@@ -38,6 +38,9 @@ demo: install
 	# Evidence: can a classifier tell the sites apart, before and after?
 	$(SVDHARM) compare sample_images/fundus/site_a sample_images/fundus/site_b --mask auto --kind 'fundus=*' -o out/compare-fundus-before.html --json out/compare-fundus-before.json
 	$(SVDHARM) compare sample_images/fundus/site_a out/harmonized/fundus-masked --mask auto --kind 'fundus=*' -o out/compare-fundus-after.html --json out/compare-fundus-after.json
+	# Band cuts chosen on the two sites themselves (no label here, so nothing guards the biology:
+	# tune says so).
+	$(SVDHARM) tune sample_images/fundus/site_a sample_images/fundus/site_b --target-site site_a --mask auto --kind 'fundus=*' -o out/fundus-reference-tuned.json --json out/tune-fundus.json --report out/tune-fundus.html
 	# Volumes: a CT series (Hounsfield units, pooled over its 16 slices) and NIfTI MR heads.
 	$(SVDHARM) fit-reference sample_images/ct/site_a -o out/ct-reference.json
 	$(SVDHARM) harmonize sample_images/ct/site_b out/harmonized/ct --reference out/ct-reference.json --report
