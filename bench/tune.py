@@ -111,3 +111,25 @@ def case_tune(work: Path, count: int, size: int, repeats: int) -> dict:
             "separate_runs_s": 10 * one,
         }
     return results
+
+
+def main() -> None:
+    """Run the case alone (``python bench/tune.py``) and write ``bench/results/tune.json``."""
+    import json
+    import sys
+    import tempfile
+
+    here = Path(__file__).resolve().parent
+    sys.path.insert(0, str(here.parent))
+    with tempfile.TemporaryDirectory() as tmp:
+        results = case_tune(Path(tmp), 12, 512, 2)
+    for row in results.values():
+        print(
+            f"{row['case']}: {row['baseline_s']:.2f} s -> {row['svdharm_s']:.2f} s, "
+            f"{row['ratio']:.2f}x (target <= {row['target']}x)"
+        )
+    (here / "results" / "tune.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -143,7 +143,9 @@ def tune(
     :func:`~svdharm_cli.evidence.tuning.choose`, and fit the reference with its cuts and mask
     on the target site's images (every site's when ``target`` is None) as fit-reference
     does. ``margin`` defaults to :func:`~svdharm_cli.evidence.tuning.default_margin`;
-    ``output`` is only recorded (the caller writes the reference). Raises
+    ``output`` is only recorded (the caller writes the reference); ``on_result`` hears
+    every file of every step (references, measurement, the final fit: a progress callback).
+    Raises
     :class:`UsageError` for fewer than two sites, an unknown target site, or no image.
     """
     start = time.perf_counter()
@@ -163,7 +165,7 @@ def tune(
     measured = next((m for m in modes if m != MaskMode.NONE.value), MaskMode.NONE.value)
     fit = FitCandidates(tuple(candidates), read)
     fitted: list[Fitted] = gather(
-        executor, fit, [i for i in chosen if goal is None or i.group == goal], lambda r: None
+        executor, fit, [i for i in chosen if goal is None or i.group == goal], on_result
     )
     kept = [f for f in fitted if f.kind is not None]
     if not kept:
