@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,13 +28,19 @@ from svdharm_cli.core.masks import MaskMode
 from svdharm_cli.core.methods import Moments, pool, slice_moments
 from svdharm_cli.core.reference import Reference, describe_kind
 from svdharm_cli.core.spectrum import (
+    SliceSpectrum,
     decompose_once,
     harmonized,
     harmonizing_map,
     slice_spectrum,
 )
 from svdharm_cli.errors import UsageError
-from svdharm_cli.evidence.compare import DEFAULT_FOLDS, Sample, sample_from_moments
+from svdharm_cli.evidence.compare import (
+    DEFAULT_FOLDS,
+    Sample,
+    sample_from_moments,
+    slice_features,
+)
 from svdharm_cli.evidence.tuning import (
     WASSERSTEIN_PIXELS,
     YARDSTICK,
@@ -58,6 +64,12 @@ from svdharm_cli.run.sampling import Grouped, listed_groups, of_one_kind, walked
 
 DEFAULT_SAMPLE = 50
 """Images (inputs: a series or volume counts once) sampled per site."""
+CACHE_BYTES = 512 * 2**20
+"""An input's slice decompositions kept between the statistics and the harmonization (a
+larger volume's further slices are decomposed again)."""
+VALUES_BYTES = 256 * 2**20
+"""Pixel values kept per input for the percentiles, all rows together (beyond: a seeded
+share of each slice's, the same for every row)."""
 
 Kind = tuple[str, str, int]
 """(kind, unit, channel count)."""
@@ -296,15 +308,22 @@ def _read(item: Grouped, read: ReadOptions, modes: Sequence[str]) -> _Slices:
     return _Slices(images, frames, planes, volumes_of(images))
 
 
-def _candidate_statistics(
-    slices: _Slices, bands: list[list[Bands]], candidates: Sequence[Candidate]
-) -> list[list[Moments]]:
-    """Each candidate's moments of the input, pooled per volume, from one decomposition."""
+def _spectra(
+    slices: _Slices, candidates: Sequence[Candidate], extra: Sequence[Sequence[float]] = ()
+) -> Iterator[tuple[int, list[Bands], SliceSpectrum]]:
+    """Each slice decomposed once (up to the largest cut of the candidates and ``extra``),
+    with its spectrum for the candidates' statistics, slice by slice."""
     cut_sets = [c.fractions for c in candidates]
-    spectra = [
-        slice_spectrum(b, cut_sets, {m: slices.planes[m][f] for m in slices.planes})
-        for f, b in enumerate(bands)
-    ]
+    for f, frame in enumerate(slices.frames):
+        bands = decompose_once(frame, [*cut_sets, *extra])
+        planes = {m: slices.planes[m][f] for m in slices.planes}
+        yield f, bands, slice_spectrum(bands, cut_sets, planes)
+
+
+def _pooled(
+    slices: _Slices, spectra: Sequence[SliceSpectrum], candidates: Sequence[Candidate]
+) -> list[list[Moments]]:
+    """Each candidate's moments of the input, pooled per volume."""
     return [
         [
             pool([spectra[i].moments(c.fractions, c.mask) for i in volume])
@@ -337,9 +356,8 @@ class FitCandidates(OneByOne):
     ) -> None:
         try:
             slices = _read(item, self.read, [c.mask for c in self.candidates])
-            cut_sets = [c.fractions for c in self.candidates]
-            bands = [decompose_once(frame, cut_sets) for frame in slices.frames]
-            statistics = _candidate_statistics(slices, bands, self.candidates)
+            spectra = [spectrum for _, _, spectrum in _spectra(slices, self.candidates)]
+            statistics = _pooled(slices, spectra, self.candidates)
         except Exception as exc:  # the input's failure, never the run's (outcome_of)
             found = outcome_of(exc, item.inp, item.shown / item.inp.files[0])
             report(Fitted(item.index, item.results(found.status, found.reason), None, []))
@@ -403,25 +421,36 @@ class MeasureCandidates(OneByOne):
                 f"{shown}: is {ours} but the reference images are {theirs}: "
                 "only images of one kind are compared"
             )
+        kept: dict[int, list[Bands]] = {}
+        spectra: list[SliceSpectrum] = []
+        for f, bands, spectrum in _spectra(slices, self.candidates, [YARDSTICK]):
+            spectra.append(spectrum)
+            if sum(_nbytes(b) for b in [*kept.values(), bands]) <= CACHE_BYTES:
+                kept[f] = bands  # beyond the budget, a slice is decomposed again below
+        statistics = _pooled(slices, spectra, self.candidates)
+        maps = [
+            [harmonizing_map(m, self.references[k]) for m in statistics[k]]
+            for k in range(len(self.candidates))
+        ]
+        volume_of = {f: v for v, volume in enumerate(slices.volumes) for f in volume}
+        picks = _picks(slices, self.measured, len(self.candidates) + 1, self.seed, item.index)
+        rows = [_Row(slices.kind[2]) for _ in range(len(self.candidates) + 1)]
         cut_sets = [c.fractions for c in self.candidates] + [YARDSTICK]
-        bands = [decompose_once(frame, cut_sets) for frame in slices.frames]
-        statistics = _candidate_statistics(slices, bands, self.candidates)
-        measure = slices.planes[self.measured]
-        rows = [_features(bands, measure, None)]
-        for k, candidate in enumerate(self.candidates):
-            maps = [harmonizing_map(m, self.references[k]) for m in statistics[k]]
-            per_slice = [maps[v] for v, volume in enumerate(slices.volumes) for _ in volume]
-            new = []
-            for f, (b, (scales, offsets)) in enumerate(zip(bands, per_slice)):
-                y = harmonized(b, candidate.fractions, scales, offsets)
+        for f, frame in enumerate(slices.frames):
+            bands = kept.pop(f) if f in kept else decompose_once(frame, cut_sets)
+            plane, pick = slices.planes[self.measured][f], picks[f]
+            rows[0].add(*_input_features(bands, plane), pick)
+            for k, candidate in enumerate(self.candidates):
+                scales, offsets = maps[k][volume_of[f]]
+                y = harmonized(bands, candidate.fractions, scales, offsets)
                 keep = slices.planes[candidate.mask][f] if candidate.mask != "none" else None
                 if keep is not None:
-                    y[:, ~keep] = slices.frames[f][:, ~keep]
+                    y[:, ~keep] = frame[:, ~keep]
                 if self.kind[1] == NORMALIZED:
                     np.clip(y, 0.0, 1.0, out=y)
-                new.append(y)
-            rows.append(_features(None, measure, new))
-        return [self._sample(item, shown, moments, values) for moments, values in rows]
+                moments, values = slice_features([(y, plane)], YARDSTICK, y.shape[0])
+                rows[k + 1].add(moments[0], [v[0] for v in values], pick)
+        return [self._sample(item, shown, row.moments, row.values) for row in rows]
 
     def _sample(
         self, item: Grouped, shown: str, moments: list[Moments], values: list[list[np.ndarray]]
@@ -436,28 +465,30 @@ def _shown(item: Grouped) -> str:
     return str(item.shown / inp.files[0] if inp.volume is None else item.shown / inp.volume)
 
 
-def _features(
-    bands: list[list[Bands]] | None,
-    planes: list[np.ndarray | None],
-    frames: list[np.ndarray] | None,
-) -> tuple[list[Moments], list[list[np.ndarray]]]:
-    """compare's features at the yardstick (:func:`~svdharm_cli.evidence.compare.
-    slice_features`): of the input from its decomposition ``bands`` cut at the yardstick, or
-    of new ``frames`` decomposed afresh."""
-    from svdharm_cli.evidence.compare import slice_features
+class _Row:
+    """One row's features of an input, gathered slice by slice."""
 
-    if frames is not None:
-        return slice_features(zip(frames, planes), YARDSTICK, frames[0].shape[0])
-    assert bands is not None
-    moments: list[Moments] = []
-    values: list[list[np.ndarray]] = [[] for _ in bands[0]]
-    for per_channel, plane in zip(bands, planes):
-        cut = [_masked(b.recut(YARDSTICK), plane) for b in per_channel]
-        moments.append(slice_moments(cut))
-        for c, b in enumerate(per_channel):
-            x = b.x.T if b.transposed else b.x
-            values[c].append(x[plane] if plane is not None else x.ravel())
-    return moments, values
+    def __init__(self, channels: int) -> None:
+        self.moments: list[Moments] = []
+        self.values: list[list[np.ndarray]] = [[] for _ in range(channels)]
+
+    def add(self, moments: Moments, values: list[np.ndarray], pick: np.ndarray | None) -> None:
+        self.moments.append(moments)
+        for c, v in enumerate(values):
+            self.values[c].append(v if pick is None else v[pick])
+
+
+def _input_features(
+    bands: list[Bands], plane: np.ndarray | None
+) -> tuple[Moments, list[np.ndarray]]:
+    """compare's features of one slice (:func:`~svdharm_cli.evidence.compare.slice_features`)
+    at the yardstick, from its decomposition cut again there."""
+    cut = [_masked(b.recut(YARDSTICK), plane) for b in bands]
+    values = []
+    for b in bands:
+        x = b.x.T if b.transposed else b.x
+        values.append(x[plane] if plane is not None else x.ravel())
+    return slice_moments(cut), values
 
 
 def _masked(bands: Bands, plane: np.ndarray | None) -> Bands:
@@ -466,3 +497,25 @@ def _masked(bands: Bands, plane: np.ndarray | None) -> Bands:
     if plane is None or plane.all():
         return bands
     return replace(bands, mask=plane.T if bands.transposed else plane)
+
+
+def _nbytes(bands: list[Bands]) -> int:
+    return sum(b.x.nbytes + b.nbytes for b in bands)
+
+
+def _picks(
+    slices: _Slices, measured: str, rows: int, seed: int, index: int
+) -> list[np.ndarray | None]:
+    """Which measured pixels of each slice the percentiles keep: all of them, unless the
+    rows' values would pass :data:`VALUES_BYTES` (a large volume), then a seeded share of
+    each slice, the same pixels for every row."""
+    counts = [
+        f.shape[1] * f.shape[2] if p is None else int(p.sum())
+        for f, p in zip(slices.frames, slices.planes[measured])
+    ]
+    channels = slices.kind[2]
+    share = VALUES_BYTES / max(1, 8 * rows * channels * sum(counts))
+    if share >= 1.0:
+        return [None] * len(counts)
+    rng = np.random.default_rng([seed, index, 1])
+    return [np.sort(rng.choice(n, max(1, round(n * share)), replace=False)) for n in counts]

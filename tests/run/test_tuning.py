@@ -119,3 +119,30 @@ def test_the_sample_per_site_is_seeded_and_in_input_order(tmp_path: Path, seed: 
     assert [i.index for i in first] == [0, 1, 2, 3]
     assert [i.group for i in first] == [0, 0, 1, 1]
     assert sampled_per_site(items, 2, 5, seed) == items
+
+
+def test_a_large_input_is_measured_within_its_budgets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond the decomposition budget a slice is decomposed again (the same figures);
+    beyond the values budget the percentiles come from a seeded share of the pixels."""
+    import svdharm_cli.run.tuning as tuning
+
+    _, items, _ = walked_groups(_sites(tmp_path), ReadOptions(), lambda p: p)
+    references = ((np.full((3, 4), 0.05), np.full((3, 4), 0.02)),)
+    task = MeasureCandidates(
+        CANDIDATES[:1], references, ReadOptions(), "none", ("", "normalized", 3), seed=2
+    )
+    plain = task.measure(items[0])
+    monkeypatch.setattr(tuning, "CACHE_BYTES", 0)
+    again = task.measure(items[0])
+    monkeypatch.setattr(tuning, "VALUES_BYTES", 8 * 2 * 3 * 500)
+    shared = task.measure(items[0])
+    assert not isinstance(plain, str) and not isinstance(again, str)
+    assert not isinstance(shared, str)
+    for a, b, c in zip(plain, again, shared):
+        np.testing.assert_array_equal(a.stds, b.stds)
+        np.testing.assert_array_equal(a.percentiles, b.percentiles)
+        np.testing.assert_array_equal(a.stds, c.stds)
+        np.testing.assert_allclose(a.percentiles, c.percentiles, atol=0.05)
+        assert not np.array_equal(a.percentiles, c.percentiles)
