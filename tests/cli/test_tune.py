@@ -17,6 +17,11 @@ SAMPLES = Path(__file__).resolve().parents[2] / "sample_images"
 GRID = "0.07,0.2,0.5;0.02,0.05,0.1;0.15,0.35,0.7"
 
 
+def _written(folder: Path) -> tuple[object, ...]:
+    """The reference and the JSON result, written in ``folder``."""
+    return ("-o", folder / "reference.json", "--json", folder / "tune.json")
+
+
 def _fit(*args: object, out: Path) -> dict:
     result = svdharm("fit-reference", *args, "-o", out)
     assert result.code == 0, result.stderr
@@ -139,10 +144,7 @@ def test_tune_from_folders_with_masks_and_a_target_site(tmp_path: Path) -> None:
         "0.07,0.2,0.5",
         "--fractions-grid",
         "0.1,0.5",
-        "-o",
-        tmp_path / "reference.json",
-        "--json",
-        tmp_path / "tune.json",
+        *_written(tmp_path),
     )
     assert result.code == 0, result.stderr
     data = json.loads((tmp_path / "tune.json").read_text())
@@ -252,10 +254,7 @@ def test_a_damaged_file_fails_alone_and_is_reported_once(tmp_path: Path) -> None
         tmp_path / "site_b",
         "--fractions-grid",
         "0.1,0.5",
-        "-o",
-        tmp_path / "reference.json",
-        "--json",
-        tmp_path / "tune.json",
+        *_written(tmp_path),
     )
     assert result.code == 1 and result.stderr.count("cut.png") == 1
     data = json.loads((tmp_path / "tune.json").read_text())
