@@ -200,7 +200,7 @@ def listed_groups(
     for row in manifest.rows:
         site = row.values[site_column]
         if not site:
-            raise UsageError(f"{manifest.source}: {row.rel} has no site; compare needs one")
+            raise UsageError(f"{manifest.source}: {row.rel} has no site (the sites are the groups)")
         if label_column is not None and not row.values[label_column]:
             raise UsageError(f"{manifest.source}: {row.rel} has no {label_column!r} value")
         if site not in names:
