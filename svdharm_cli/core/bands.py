@@ -138,6 +138,12 @@ class Bands:
             self.x, self.p[:, :k], self.v[:, :k], ranks, self.transposed, self.mask, self.xp
         )
 
+    def with_mask(self, mask: Array | None) -> Bands:
+        """The same decomposition with its statistics over ``mask`` (bool, the channel's
+        shape, as :func:`decompose` takes it; None: every pixel)."""
+        working = _working_mask(mask, self.shape, self.transposed, self.xp, self.x)
+        return Bands(self.x, self.p, self.v, self.ranks, self.transposed, working, self.xp)
+
     def _column_slices(self) -> list[slice]:
         edges = (0, *self.ranks)
         return [slice(a, b) for a, b in zip(edges, edges[1:])]
@@ -278,17 +284,9 @@ def decompose(
     if x.ndim != 2:
         raise ValueError(f"a channel must be 2-D, got shape {tuple(x.shape)}")
     transposed = x.shape[1] > x.shape[0]
-    if mask is not None:
-        mask = xp.as_bool(mask, x)
-        if mask.shape != x.shape:
-            raise ValueError(
-                f"mask shape {tuple(mask.shape)} differs from the channel's {tuple(x.shape)}"
-            )
-        if mask.all():
-            mask = None
+    mask = _working_mask(mask, tuple(x.shape), transposed, xp, x)
     if transposed:
         x = x.T
-        mask = None if mask is None else mask.T
     w = x.shape[1]
     ranks = band_ranks(w, fr)
     k = ranks[-1]
@@ -297,6 +295,23 @@ def decompose(
     v = xp.contiguous(xp.flip_last(vecs[:, w - k :]))
     p = x @ v
     return Bands(x=x, p=p, v=v, ranks=ranks, transposed=transposed, mask=mask, xp=xp)
+
+
+def _working_mask(
+    mask: Array | None, shape: tuple[int, ...], transposed: bool, xp: Backend, like: Array
+) -> Array | None:
+    """A boolean mask given in the channel's ``shape``, in the working orientation; None when
+    every pixel is in."""
+    if mask is None:
+        return None
+    mask = xp.as_bool(mask, like)
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} differs from the channel's {tuple(shape)}"
+        )
+    if mask.all():
+        return None
+    return mask.T if transposed else mask
 
 
 def components_stack(channels: Array, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> Array:

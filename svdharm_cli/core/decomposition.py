@@ -38,7 +38,13 @@ from typing import Any
 import numpy as np
 
 from svdharm_cli.core.backend import NUMPY, Array, Backend, backend_of, compute_view, like
-from svdharm_cli.core.methods import ZERO_STD, Moments, decompose_channels, pool, slice_moments
+from svdharm_cli.core.methods import (
+    Moments,
+    decompose_channels,
+    method_map,
+    pool,
+    slice_moments,
+)
 
 STORAGE_DTYPES = ("float32", "float64")
 
@@ -144,27 +150,17 @@ class Decomposition:
         coefficients: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """The map of a method as per-component scales ``(C, n)`` and per-channel offsets
-        ``(C,)`` (None for de-harmonization: no offset), exactly as
-        :func:`~svdharm_cli.core.methods.transform` forms it: harmonize with only ``reference``
-        (means, stds), de-harmonize with only ``coefficients``, harmonize the base and scale
-        the bands with both."""
-        if reference is None and coefficients is None:
-            raise ValueError("need a reference, coefficients, or both")
-        c, n = self.channels, self.n_components
-        scales = np.ones((c, n)) if coefficients is None else np.array(coefficients, dtype=float)
-        if scales.shape != (c, n):
-            raise ValueError(f"coefficients must have shape {(c, n)}, got {scales.shape}")
-        if reference is None:
-            return scales, None
-        offsets = np.zeros(c)
-        if reference is not None:
-            matched = n if coefficients is None else 1
-            m, s = self.moments.means, self.moments.stds
-            for k in range(c):
-                for i in range(matched):
-                    scales[k, i] = reference[1][k, i] / s[k, i] if s[k, i] > ZERO_STD else 1.0
-                    offsets[k] += reference[0][k, i] - scales[k, i] * m[k, i]
-        return scales, offsets
+        ``(C,)`` (None for de-harmonization: no offset), formed by
+        :func:`~svdharm_cli.core.methods.method_map` as on every other path: harmonize with
+        only ``reference`` (means, stds), de-harmonize with only ``coefficients``, harmonize
+        the base and scale the bands with both."""
+        return method_map(
+            self.channels,
+            self.n_components,
+            reference=reference,
+            coefficients=coefficients,
+            own=self.moments,
+        )
 
     def combine(self, scales: np.ndarray, offsets: np.ndarray | None = None) -> Array:
         """``sum_i scales[:, i] c_i + offsets`` per channel, in the storage dtype on the

@@ -163,6 +163,42 @@ def harmonize_deharmonize(
     return transform(bands, reference=(ref_means, ref_stds), coefficients=coefficients, clip=clip)
 
 
+def method_map(
+    channels: int,
+    components: int,
+    *,
+    reference: tuple[np.ndarray, np.ndarray] | None = None,
+    coefficients: np.ndarray | None = None,
+    own: Moments | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A method as per-component scales ``(channels, components)`` and per-channel offsets
+    ``(channels,)`` (None for de-harmonization: no offset): harmonize with only
+    ``reference`` (means, stds), de-harmonize with only ``coefficients``, harmonize the base
+    and scale the bands with both. ``own`` are the moments matched to the reference (an
+    image's, or a volume's pooled). Every harmonizing path forms its map here: the worker
+    and the transforms (:func:`transform`), a kept decomposition
+    (:meth:`~svdharm_cli.core.decomposition.Decomposition.affine`) and ``tune``."""
+    if reference is None and coefficients is None:
+        raise ValueError("need a reference, coefficients, or both")
+    c, n = channels, components
+    scales = np.ones((c, n)) if coefficients is None else np.array(coefficients, dtype=float)
+    if scales.shape != (c, n):
+        raise ValueError(f"coefficients must have shape {(c, n)}, got {scales.shape}")
+    if reference is None:
+        return scales, None
+    if own is None:
+        raise ValueError("harmonizing needs the moments matched to the reference")
+    # Components matched to the reference: all, or only the base when bands are scaled.
+    matched = n if coefficients is None else 1
+    offsets = np.zeros(c)
+    m, s = own.means, own.stds
+    for k in range(c):
+        for i in range(matched):
+            scales[k, i] = reference[1][k, i] / s[k, i] if s[k, i] > ZERO_STD else 1.0
+            offsets[k] += reference[0][k, i] - scales[k, i] * m[k, i]
+    return scales, offsets
+
+
 def transform(
     bands: Sequence[Bands],
     *,
@@ -189,20 +225,13 @@ def transform(
     for name, arr in arrays.items():
         if arr is not None and np.shape(arr) != (c, n):
             raise ValueError(f"{name} must have shape {(c, n)}, got {np.shape(arr)}")
-    # Components matched to the reference: all, or only the base when bands are scaled.
-    matched = 0 if reference is None else (n if coefficients is None else 1)
+    own = None if reference is None else (stats or slice_moments(bands))
+    scales, offsets = method_map(c, n, reference=reference, coefficients=coefficients, own=own)
     h, w = bands[0].shape
     xp = bands[0].xp
     out = xp.empty((c, h, w), bands[0].x)
     for k, channel in enumerate(bands):
-        scales = np.ones(n) if coefficients is None else np.array(coefficients[k], dtype=float)
-        offset = 0.0
-        if reference is not None:
-            m, s = channel.stats if stats is None else (stats.means[k], stats.stds[k])
-            for i in range(matched):
-                scales[i] = reference[1][k, i] / s[i] if s[i] > ZERO_STD else 1.0
-                offset += reference[0][k, i] - scales[i] * m[i]
-        out[k] = channel.combine(scales, offset)
+        out[k] = channel.combine(scales[k], 0.0 if offsets is None else offsets[k])
     if clip:
         xp.clip_(out, 0.0, 1.0)
     return out

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from svdharm_cli.core.bands import Bands, band_ranks, decompose, validate_fractions
-from svdharm_cli.core.methods import ZERO_STD, Moments
+from svdharm_cli.core.methods import Moments
 
 _BLOCK_VALUES = 2**22
 """Segment values formed at a time (row blocks of at most this many per channel)."""
@@ -151,19 +151,6 @@ def _channel_moments(
             sums[name] += chosen.sum(axis=1)
             cross[name] += chosen @ chosen.T
     return {name: (counts[name], shift, sums[name], cross[name]) for name in masks}
-
-
-def harmonizing_map(
-    own: Moments, reference: tuple[np.ndarray, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Harmonization's per-component scales ``(C, n)`` and per-channel offsets ``(C,)``
-    for an image of moments ``own`` (METHOD.md section 4, as
-    :func:`~svdharm_cli.core.methods.transform` forms them)."""
-    means, stds = own.means, own.stds
-    safe = np.where(stds > ZERO_STD, stds, 1.0)
-    scales = np.where(stds > ZERO_STD, reference[1] / safe, 1.0)
-    offsets = (reference[0] - scales * means).sum(axis=1)
-    return scales, offsets
 
 
 def harmonized(

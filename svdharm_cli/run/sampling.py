@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +95,7 @@ def compare(
     after = {id(o.sample): o.after for o in ordered if o.sample is not None}
     if not samples:
         raise UsageError("no image in the groups could be read")
-    (kind, unit, channels), kept = of_one_kind(samples, problems)
+    (kind, unit, channels), kept = _of_one_kind(samples, problems)
     groups = [
         {
             "name": name,
@@ -131,25 +131,9 @@ def compare(
     )
 
 
-class Kinded(Protocol):
-    """What :func:`of_one_kind` reads of a sample."""
-
-    @property
-    def path(self) -> str: ...
-    @property
-    def kind(self) -> str: ...
-    @property
-    def unit(self) -> str: ...
-    @property
-    def channels(self) -> int: ...
-
-
-K = TypeVar("K", bound=Kinded)
-
-
-def of_one_kind(
-    samples: list[K], problems: list[FileResult]
-) -> tuple[tuple[str, str, int], list[K]]:
+def _of_one_kind(
+    samples: list[Sample], problems: list[FileResult]
+) -> tuple[tuple[str, str, int], list[Sample]]:
     """The (kind, unit, channels) most samples have, and those samples; the others are
     added to ``problems`` as left out, saying why."""
     kinds = Counter((s.kind, s.unit, s.channels) for s in samples)

@@ -201,7 +201,7 @@ def _grid(values: Optional[list[str]]) -> list[tuple[float, ...]]:
     return sets
 
 
-def _label_figure(measured: dict[str, Any] | None, key: str) -> str:
+def _figure(measured: dict[str, Any] | None, key: str) -> str:
     if not measured or measured.get(key) is None:
         return "-"
     return f"{measured[key]:.3f}"
@@ -220,17 +220,17 @@ def summary(data: dict[str, Any], quiet: bool) -> None:
     line = (
         f"chosen: --fractions {cuts}"
         + ("" if chosen["mask"] == "none" else f" --mask {chosen['mask']}")
-        + f": site separability {_label_figure(chosen['separability'], 'accuracy')} "
-        f"(unharmonized {_label_figure(base['separability'], 'accuracy')}, "
+        + f": site separability {_figure(chosen['separability'], 'accuracy')} "
+        f"(unharmonized {_figure(base['separability'], 'accuracy')}, "
         f"chance {base['separability']['chance']:.3f})"
     )
     if data["label"] is not None:
         line += (
             f"; {data['label']!r} leave-one-site-out "
-            f"{_label_figure(chosen['label'], 'leave_one_site_out')} "
-            f"(unharmonized {_label_figure(base['label'], 'leave_one_site_out')}), "
-            f"cross-validated {_label_figure(chosen['label'], 'accuracy')} "
-            f"(unharmonized {_label_figure(base['label'], 'accuracy')})"
+            f"{_figure(chosen['label'], 'leave_one_site_out')} "
+            f"(unharmonized {_figure(base['label'], 'leave_one_site_out')}), "
+            f"cross-validated {_figure(chosen['label'], 'accuracy')} "
+            f"(unharmonized {_figure(base['label'], 'accuracy')})"
         )
     out.print(safe(line))
     for sentence in data["reasoning"]:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from svdharm_cli.core.bands import decompose
-from svdharm_cli.core.methods import ZERO_STD, Moments
-from svdharm_cli.core.spectrum import decompose_once, harmonized, harmonizing_map, slice_spectrum
+from svdharm_cli.core.methods import ZERO_STD, Moments, method_map
+from svdharm_cli.core.spectrum import decompose_once, harmonized, slice_spectrum
 from tests import oracle
 
 CUTS = [(0.07, 0.2, 0.5), (0.2,), (0.02, 0.05, 0.1, 0.2, 0.5), (0.15, 0.35, 0.7)]
@@ -54,7 +54,8 @@ def test_one_decomposition_harmonizes_with_every_cut_set_as_the_oracle(
     for fractions in CUTS:
         own = spectrum.moments(fractions, "none")
         reference = (own.means * 0.8 + 0.05, own.stds * 1.3)
-        scales, offsets = harmonizing_map(own, reference)
+        scales, offsets = method_map(*own.means.shape, reference=reference, own=own)
+        assert offsets is not None
         new = harmonized(bands, fractions, scales, offsets)
         for c in range(shape[0]):
             want = oracle.harmonize_channel(frame[c], reference[0][c], reference[1][c], fractions)
@@ -76,7 +77,8 @@ def test_a_recut_decomposition_is_the_decomposition_at_those_cuts(shape: tuple[i
 def test_a_flat_component_is_only_shifted() -> None:
     """A std at or below ZERO_STD keeps scale 1 (METHOD.md section 4), as harmonize does."""
     own = Moments(10, np.array([[0.5, 0.0]]), np.array([[0.2, ZERO_STD / 2]]))
-    scales, offsets = harmonizing_map(own, (np.array([[0.4, 0.01]]), np.array([[0.1, 0.3]])))
+    reference = (np.array([[0.4, 0.01]]), np.array([[0.1, 0.3]]))
+    scales, offsets = method_map(1, 2, reference=reference, own=own)
     np.testing.assert_allclose(scales, [[0.5, 1.0]])
     np.testing.assert_allclose(offsets, [0.4 - 0.5 * 0.5 + 0.01])
 

@@ -15,9 +15,10 @@ from svdharm_cli.core.volume import transform_volume, volume_moments
 from svdharm_cli.evidence.compare import sample_from_moments, slice_features
 from svdharm_cli.evidence.tuning import YARDSTICK, Candidate
 from svdharm_cli.files.inputs import input_masks, read_input
+from svdharm_cli.run.candidates import FitCandidates, MeasureCandidates
 from svdharm_cli.run.options import ReadOptions
 from svdharm_cli.run.sampling import walked_groups
-from svdharm_cli.run.tuning import FitCandidates, MeasureCandidates, sampled_per_site
+from svdharm_cli.run.tuning import sampled_per_site
 
 CANDIDATES = (Candidate((0.07, 0.2, 0.5)), Candidate((0.1, 0.5), "auto"))
 
@@ -126,7 +127,7 @@ def test_a_large_input_is_measured_within_its_budgets(
 ) -> None:
     """Beyond the decomposition budget a slice is decomposed again (the same figures);
     beyond the values budget the percentiles come from a seeded share of the pixels."""
-    import svdharm_cli.run.tuning as tuning
+    import svdharm_cli.run.candidates as tuning
 
     _, items, _ = walked_groups(_sites(tmp_path), ReadOptions(), lambda p: p)
     references = ((np.full((3, 4), 0.05), np.full((3, 4), 0.02)),)
